@@ -1,0 +1,53 @@
+# Softmax, Reproduced — the only entry point. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+PROFILE ?= cpu
+DEVICE ?= auto
+NAME ?=
+KERNEL := softmax-repro
+# Threads per torch process; 2 = the cores of the reference machine.
+export OMP_NUM_THREADS ?= 2
+export PYTHONHASHSEED := 0
+
+.DEFAULT_GOAL := help
+.PHONY: help setup book chapter execute report html test lint clean
+
+help: ## List the targets with one line each
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=smoke|cpu|paper (default cpu)  DEVICE=auto|cpu|cuda  NAME=<chapter>"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))" >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv, install pinned dependencies and register the Jupyter kernel
+
+book: setup ## Set up, run every stale chapter (PROFILE=cpu), generate ledger/status, build the HTML
+	$(PY) -m softmax_repro.runner execute --profile $(PROFILE) --device $(DEVICE)
+	$(MAKE) --no-print-directory html PROFILE=$(PROFILE)
+
+chapter: setup ## Re-run one chapter: make chapter NAME=01_balanced_softmax [PROFILE=cpu] [DEVICE=cuda]
+	@test -n "$(NAME)" || { echo "error: NAME is required; one of: $$(ls notebooks | sed 's/.ipynb//' | tr '\n' ' ')"; exit 2; }
+	$(PY) -m softmax_repro.runner execute --profile $(PROFILE) --device $(DEVICE) --name $(NAME) --force
+
+report: setup ## Regenerate the ledger and status pages from results/$(PROFILE)
+	$(PY) -m softmax_repro.runner report --profile $(PROFILE)
+
+html: report ## Only render the book (no execution) into book/_build/html
+	$(VENV)/bin/jupyter-book build book --warningiserror --keep-going --quiet
+	@echo "The book is at file://$(CURDIR)/book/_build/html/index.html"
+
+test: setup ## Set up and run the whole test suite (unit, notebooks at smoke, book build, browser)
+	$(PY) -m pytest -q
+
+lint: setup ## ruff on src, tests
+	$(VENV)/bin/ruff check .
+
+clean: ## Remove the built HTML, caches of the runner and failed notebooks (keeps .venv, results)
+	rm -rf book/_build failed results/.staging results/.checkpoints .pytest_cache

@@ -1,0 +1,96 @@
+"""Class activation maps (CAM, Zhou et al. 2016) and infoCAM (Qin et al.), boxes and IoU.
+
+For a network ``logits = W · GAP(features) + b`` with features ``[B, C, H, W]`` and class weights
+``W`` ``[K, C]``:
+
+* CAM of class y: ``Σ_c W[y, c] · features[:, c]``.
+* infoCAM of class y: the same with ``W[y] − mean_{k≠y} W[k]`` (the point-wise MI direction), then a
+  local region summation (convolution with an all-ones ``r × r`` kernel, same output size).
+
+A box is taken from a map upsampled to the image size: shift the map to a zero minimum, keep the
+pixels at or above ``threshold`` (0.2) of its maximum, and box the largest connected component
+(as in the CAM reference code). Boxes are inclusive pixel coordinates ``(x0, y0, x1, y1)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+Box = tuple[int, int, int, int]
+
+
+def class_maps(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """CAM of ``classes[b]`` for each image: ``[B, C, H, W]``, ``[K, C]``, ``[B]`` -> ``[B, H, W]``."""
+    return torch.einsum("bchw,bc->bhw", features, weight[classes])
+
+
+def contrast_weights(weight: torch.Tensor) -> torch.Tensor:
+    """``[K, C]`` -> ``[K, C]``: row y is ``W[y] − mean_{k≠y} W[k]`` (needs K ≥ 2)."""
+    num_classes = weight.shape[0]
+    if num_classes < 2:
+        raise ValueError("infoCAM needs at least two classes")
+    others_mean = (weight.sum(dim=0, keepdim=True) - weight) / (num_classes - 1)
+    return weight - others_mean
+
+
+def region_sum(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Sum of each ``kernel_size × kernel_size`` neighbourhood (zero padding, same size).
+
+    ``[B, H, W]`` -> ``[B, H, W]``. For an even size the window covers ``(r−1)//2`` pixels before and
+    ``r//2`` after the centre.
+    """
+    if kernel_size < 1:
+        raise ValueError(f"kernel_size={kernel_size} must be >= 1")
+    before, after = (kernel_size - 1) // 2, kernel_size // 2
+    padded = F.pad(maps[:, None], (before, after, before, after))
+    ones = torch.ones(1, 1, kernel_size, kernel_size, dtype=maps.dtype, device=maps.device)
+    return F.conv2d(padded, ones)[:, 0]
+
+
+def info_maps(
+    features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor, kernel_size: int
+) -> torch.Tensor:
+    """infoCAM of ``classes[b]``: contrast weights, then region summation. Shapes as :func:`class_maps`."""
+    return region_sum(class_maps(features, contrast_weights(weight), classes), kernel_size)
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``[B, h, w]`` maps to ``[B, *size]``."""
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def box_from_map(heatmap: np.ndarray, threshold: float = 0.2) -> Box:
+    """Box ``(x0, y0, x1, y1)`` (inclusive, x = column) of the largest connected component of
+    ``heatmap − min ≥ threshold · (max − min)``. A constant map gives the whole image."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold={threshold} must lie in [0, 1]")
+    heatmap = np.asarray(heatmap, dtype=np.float64)
+    shifted = heatmap - heatmap.min()
+    peak = shifted.max()
+    height, width = heatmap.shape
+    if peak <= 0:
+        return (0, 0, width - 1, height - 1)
+    labels, count = ndimage.label(shifted >= threshold * peak)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    rows, cols = np.nonzero(labels == 1 + int(np.argmax(sizes)))
+    return (int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()))
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two inclusive pixel boxes ``(x0, y0, x1, y1)``."""
+    ix = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    iy = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    inter = max(ix, 0) * max(iy, 0)
+    area_a = (a[2] - a[0] + 1) * (a[3] - a[1] + 1)
+    area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    return inter / (area_a + area_b - inter)
+
+
+def localisation_correct(
+    predicted_class: int, true_class: int, predicted_box: Box, true_box: Box, min_iou: float = 0.5
+) -> bool:
+    """Top-1 localisation: the class is right and the box overlaps the truth with IoU ≥ ``min_iou``."""
+    return predicted_class == true_class and iou(predicted_box, true_box) >= min_iou

@@ -1,0 +1,1 @@
+"""One module per chapter: ``Config``, ``PROFILES``, ``make_config`` and ``run``."""

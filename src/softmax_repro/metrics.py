@@ -1,0 +1,93 @@
+"""Evaluation metrics and the statistics every compared number carries.
+
+Shapes: ``logits`` ``[N, C]``, ``target`` ``[N]`` (int64). Accuracies are fractions in [0, 1].
+Intervals are two-sided 95% Student-t intervals over seeds; A-vs-B comparisons use paired
+differences (same seed, same setting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from torch import Tensor
+
+CONFIDENCE = 0.95
+
+
+def accuracy(logits: Tensor, target: Tensor) -> float:
+    """Top-1 accuracy: the fraction of rows whose argmax equals the target."""
+    return (logits.argmax(dim=-1) == target).float().mean().item()
+
+
+def per_class_accuracy(logits: Tensor, target: Tensor, num_classes: int) -> np.ndarray:
+    """Top-1 accuracy of each class ``[C]``; NaN for a class absent from ``target``."""
+    correct = (logits.argmax(dim=-1) == target).double()
+    hits = np.bincount(target.numpy(), weights=correct.numpy(), minlength=num_classes)
+    totals = np.bincount(target.numpy(), minlength=num_classes).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return hits / totals
+
+
+def shot_groups(train_counts: Sequence[int], many: int, few: int) -> dict[str, list[int]]:
+    """Classes split by training count: many (> ``many``), few (< ``few``), medium (the rest).
+
+    Follows the convention of Liu et al. 2019 (ImageNet-LT: many > 100, few < 20), with
+    thresholds chosen per dataset.
+    """
+    if few > many:
+        raise ValueError(f"few={few} must be <= many={many}")
+    groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
+    for cls, count in enumerate(train_counts):
+        key = "many" if count > many else "few" if count < few else "medium"
+        groups[key].append(cls)
+    return groups
+
+
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t confidence interval ``(mean, low, high)``.
+
+    With a single value the interval is ``(nan, nan)``: one seed says nothing about spread.
+    """
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        raise ValueError("mean_ci needs at least one value")
+    mean = float(data.mean())
+    if data.size < 2:
+        return mean, float("nan"), float("nan")
+    sem = float(data.std(ddof=1) / np.sqrt(data.size))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df=data.size - 1)) * sem
+    return mean, mean - half, mean + half
+
+
+def paired_difference_ci(
+    a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[float, float, float]:
+    """Mean and t-interval of the paired differences ``a_i − b_i`` (same seed and setting)."""
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"paired values need equal lengths, got {a_arr.size} and {b_arr.size}")
+    return mean_ci(a_arr - b_arr, confidence)
+
+
+def summarize(rows: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd.DataFrame:
+    """Mean, 95% CI and seed count of ``value`` per group of ``by`` columns.
+
+    Returns a frame with columns ``by + [mean, ci_low, ci_high, n]``.
+    """
+    records = []
+    for key, group in rows.groupby(list(by), sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        mean, low, high = mean_ci(group[value].to_numpy())
+        records.append({**dict(zip(by, key, strict=True)), "mean": mean, "ci_low": low,
+                        "ci_high": high, "n": len(group)})
+    return pd.DataFrame.from_records(records)
+
+
+def format_ci(mean: float, low: float, high: float, scale: float = 1.0, digits: int = 1) -> str:
+    """``"mean ± half-width"`` with the values multiplied by ``scale`` (e.g. 100 for %)."""
+    if np.isnan(low):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {(high - low) / 2 * scale:.{digits}f}"

@@ -1,0 +1,197 @@
+"""The papermill driver Make calls: execute stale chapters, then generate the ledger and status.
+
+Usage (see ``make help``)::
+
+    python -m softmax_repro.runner execute [--profile cpu] [--name 01_balanced_softmax] [--device auto]
+    python -m softmax_repro.runner report  [--profile cpu]
+
+A chapter is stale when the sha256 of (its notebook source, the profile and device, every file
+under ``src/``, ``data/claims.yaml`` and ``data/README.md``) differs from the hash stored in the
+executed notebook's metadata. Execution goes to a temporary file that is moved into place only on
+success, together with the chapter's results file; a failed run leaves its notebook (with the
+traceback) in ``failed/<profile>/`` and the previous good outputs untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import nbformat
+
+from softmax_repro.config import PROFILE_NAMES, ConfigError, check_choice, check_device
+from softmax_repro.training import CHECKPOINT_ENV
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KERNEL_NAME = "softmax-repro"
+METADATA_KEY = "softmax_repro"
+HASHED_FILES = ("data/claims.yaml", "data/README.md")
+
+
+def chapter_names(notebooks_dir: Path = REPO_ROOT / "notebooks") -> list[str]:
+    """Names (file stems) of the source notebooks, in order."""
+    return sorted(p.stem for p in notebooks_dir.glob("[0-9]*.ipynb"))
+
+
+def content_hash(notebook: Path, profile: str, device: str, root: Path = REPO_ROOT) -> str:
+    """sha256 over the notebook, profile, device, all of ``src/`` and the data registry files."""
+    digest = hashlib.sha256()
+    digest.update(f"profile={profile}\ndevice={device}\n".encode())
+    files = [notebook, *sorted((root / "src").rglob("*.py")),
+             *(root / name for name in HASHED_FILES)]
+    for path in files:
+        if path.exists():
+            digest.update(str(path.relative_to(root) if path.is_relative_to(root) else path.name)
+                          .encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def stored_hash(executed: Path) -> str | None:
+    """The hash recorded in an executed notebook (``None`` if absent or unreadable)."""
+    if not executed.exists():
+        return None
+    try:
+        meta = json.loads(executed.read_text())["metadata"]
+        return meta.get(METADATA_KEY, {}).get("hash")
+    except (json.JSONDecodeError, KeyError):
+        return None
+
+
+_CARRIAGE = re.compile(r"[^\n]*\r(?!\n)")
+
+
+def clean_outputs(nb: nbformat.NotebookNode) -> None:
+    """Strip progress-bar redraws (``\\r`` segments) and widget state from executed outputs."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                text = _CARRIAGE.sub("", output["text"])
+                output["text"] = "\n".join(line for line in text.split("\n") if line.strip()) + "\n"
+            data = output.get("data", {})
+            data.pop("application/vnd.jupyter.widget-view+json", None)
+
+
+def execute_chapter(name: str, profile: str, *, device: str = "auto",
+                    out_dir: Path = REPO_ROOT / "book" / "chapters",
+                    results_dir: Path = REPO_ROOT / "results", force: bool = False,
+                    root: Path = REPO_ROOT) -> bool:
+    """Execute one chapter if stale. Returns True if it ran, False if it was up to date.
+
+    Raises:
+        ConfigError: unknown chapter, profile or device.
+        RuntimeError: the notebook failed (its executed copy is saved under ``failed/``).
+    """
+    import papermill
+
+    names = chapter_names(root / "notebooks")
+    check_choice("NAME", name, names)
+    check_choice("PROFILE", profile, PROFILE_NAMES)
+    check_device(device)
+    source = root / "notebooks" / f"{name}.ipynb"
+    target = out_dir / f"{name}.ipynb"
+    digest = content_hash(source, profile, device, root)
+    if not force and stored_hash(target) == digest:
+        print(f"[up to date] {name} ({profile})")
+        return False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = results_dir / ".checkpoints" / profile / digest[:16]
+    (results_dir / ".staging").mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=results_dir / ".staging"))
+    tmp_nb = staging / f"{name}.ipynb"
+    print(f"[executing] {name} at profile={profile} device={device}", flush=True)
+    start = time.perf_counter()
+    env_before = os.environ.get(CHECKPOINT_ENV)
+    os.environ[CHECKPOINT_ENV] = str(checkpoints)
+    try:
+        papermill.execute_notebook(
+            str(source), str(tmp_nb), kernel_name=KERNEL_NAME, cwd=str(root),
+            parameters={"profile": profile, "device": device, "results_dir": str(staging)},
+            progress_bar=False, log_output=False, report_mode=False)
+    except BaseException as error:
+        failed = root / "failed" / profile / f"{name}.ipynb"
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        if tmp_nb.exists():
+            shutil.move(tmp_nb, failed)
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        raise RuntimeError(f"{name} failed at profile={profile}; the executed notebook with the "
+                           f"traceback is {failed}") from error
+    finally:
+        if env_before is None:
+            os.environ.pop(CHECKPOINT_ENV, None)
+        else:
+            os.environ[CHECKPOINT_ENV] = env_before
+    nb = nbformat.read(tmp_nb, as_version=4)
+    clean_outputs(nb)
+    nb.metadata[METADATA_KEY] = {"hash": digest, "profile": profile, "device": device,
+                                 "wall_s": round(time.perf_counter() - start, 1)}
+    nbformat.write(nb, tmp_nb)
+    produced = staging / profile / f"{name}.json"
+    if not produced.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RuntimeError(f"{name} ran but wrote no results file {produced.name}; "
+                           f"does the notebook call run(config, results_dir=results_dir)?")
+    (results_dir / profile).mkdir(parents=True, exist_ok=True)
+    os.replace(produced, results_dir / profile / f"{name}.json")
+    os.replace(tmp_nb, target)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    print(f"[done] {name} in {time.perf_counter() - start:.0f} s -> {target}", flush=True)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m softmax_repro.runner", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("execute", help="execute stale chapters with papermill")
+    ex.add_argument("--profile", default="cpu")
+    ex.add_argument("--name", action="append", help="chapter (repeatable; default: all)")
+    ex.add_argument("--device", default="auto")
+    ex.add_argument("--force", action="store_true", help="execute even if up to date")
+    ex.add_argument("--out-dir", type=Path, default=REPO_ROOT / "book" / "chapters")
+    ex.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    rep = sub.add_parser("report", help="generate the ledger and status pages")
+    rep.add_argument("--profile", default="cpu")
+    rep.add_argument("--book-dir", type=Path, default=REPO_ROOT / "book")
+    rep.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    args = parser.parse_args(argv)
+    try:
+        check_choice("PROFILE", args.profile, PROFILE_NAMES)
+        if args.command == "report":
+            from softmax_repro.report import write_report
+
+            for path in write_report(args.profile, args.results_dir, args.book_dir):
+                print(f"[wrote] {path}")
+            return 0
+        check_device(args.device)
+        names = args.name or chapter_names()
+        for name in names:
+            check_choice("NAME", name, chapter_names())
+        ran = [n for n in names if execute_chapter(n, args.profile, device=args.device,
+                                                   out_dir=args.out_dir,
+                                                   results_dir=args.results_dir, force=args.force)]
+        print(f"executed {len(ran)} of {len(names)} chapter(s)")
+        return 0
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
