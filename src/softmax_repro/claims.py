@@ -32,8 +32,18 @@ CLAIMS_PATH = Path(__file__).resolve().parents[2] / "data" / "claims.yaml"
 TEST_KINDS = ("paired_difference", "mean")
 DIRECTIONS = ("greater", "less")
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not attempted", "no results")
-CLAIM_KEYS = {"id", "paper", "chapter", "claim", "where", "paper_values", "rule", "tests",
-              "not_attempted", "notes"}
+CLAIM_KEYS = {
+    "id",
+    "paper",
+    "chapter",
+    "claim",
+    "where",
+    "paper_values",
+    "rule",
+    "tests",
+    "not_attempted",
+    "notes",
+}
 TEST_KEYS = {"label", "kind", "metric", "where", "a", "b", "direction", "threshold"}
 NON_SETTING_COLUMNS = {"method", "value", "wall_s", "metric"}
 
@@ -102,11 +112,15 @@ def _parse_test(entry: Mapping[str, Any], raw: Any) -> ClaimTest:
         raise _fail(entry, f"test has unknown keys {sorted(unknown)}; allowed: {sorted(TEST_KEYS)}")
     for key in ("label", "kind", "metric", "a", "direction", "threshold"):
         if key not in raw:
-            raise _fail(entry, f"test lacks {key!r}; a test needs {sorted(TEST_KEYS - {'b', 'where'})}")
+            raise _fail(
+                entry, f"test lacks {key!r}; a test needs {sorted(TEST_KEYS - {'b', 'where'})}"
+            )
     if raw["kind"] not in TEST_KINDS:
         raise _fail(entry, f"test kind={raw['kind']!r} is not allowed; choose one of {TEST_KINDS}")
     if raw["direction"] not in DIRECTIONS:
-        raise _fail(entry, f"direction={raw['direction']!r} is not allowed; choose one of {DIRECTIONS}")
+        raise _fail(
+            entry, f"direction={raw['direction']!r} is not allowed; choose one of {DIRECTIONS}"
+        )
     if raw["kind"] == "paired_difference" and not raw.get("b"):
         raise _fail(entry, "a paired_difference test needs b (the baseline method)")
     threshold = raw["threshold"]
@@ -115,9 +129,16 @@ def _parse_test(entry: Mapping[str, Any], raw: Any) -> ClaimTest:
     where = raw.get("where") or {}
     if not isinstance(where, Mapping):
         raise _fail(entry, f"where={where!r} must be a mapping of column: value")
-    return ClaimTest(label=str(raw["label"]), kind=raw["kind"], metric=str(raw["metric"]),
-                     a=str(raw["a"]), b=raw.get("b"), where=dict(where),
-                     direction=raw["direction"], threshold=float(threshold))
+    return ClaimTest(
+        label=str(raw["label"]),
+        kind=raw["kind"],
+        metric=str(raw["metric"]),
+        a=str(raw["a"]),
+        b=raw.get("b"),
+        where=dict(where),
+        direction=raw["direction"],
+        threshold=float(threshold),
+    )
 
 
 def parse_claims(entries: Any) -> list[Claim]:
@@ -153,11 +174,19 @@ def parse_claims(entries: Any) -> list[Claim]:
         if has_tests and not entry.get("rule"):
             raise _fail(entry, "a claim with tests needs its rule in words")
         tests = tuple(_parse_test(entry, t) for t in entry.get("tests") or [])
-        claims.append(Claim(
-            id=ident, paper=str(entry["paper"]), chapter=entry.get("chapter"),
-            claim=str(entry["claim"]).strip(), where=str(entry.get("where", "")),
-            paper_values=dict(entry.get("paper_values") or {}), rule=entry.get("rule"),
-            tests=tests, not_attempted=entry.get("not_attempted")))
+        claims.append(
+            Claim(
+                id=ident,
+                paper=str(entry["paper"]),
+                chapter=entry.get("chapter"),
+                claim=str(entry["claim"]).strip(),
+                where=str(entry.get("where", "")),
+                paper_values=dict(entry.get("paper_values") or {}),
+                rule=entry.get("rule"),
+                tests=tests,
+                not_attempted=entry.get("not_attempted"),
+            )
+        )
     return claims
 
 
@@ -182,15 +211,20 @@ def _setting_columns(rows: pd.DataFrame) -> list[str]:
 def evaluate_test(test: ClaimTest, rows: pd.DataFrame) -> TestOutcome | None:
     """The outcome of ``test`` on a chapter's rows; ``None`` when no matching rows exist."""
     a = _select(rows, test, test.a)
+    if a.empty:
+        return None
     if test.kind == "mean":
         values = a["value"].to_numpy(dtype=float)
     else:
         b = _select(rows, test, test.b)
+        if b.empty:
+            return None
         keys = [c for c in _setting_columns(rows) if c in a.columns]
-        a_rows = a[keys + ["value"]].dropna(axis=1, how="all")
+        a_rows = a[[*keys, "value"]].dropna(axis=1, how="all")
         keys = [c for c in keys if c in a_rows.columns]
-        merged = a_rows.merge(b[keys + ["value"]], on=keys, suffixes=("_a", "_b"),
-                              validate="one_to_one")
+        merged = a_rows.merge(
+            b[[*keys, "value"]], on=keys, suffixes=("_a", "_b"), validate="one_to_one"
+        )
         values = (merged["value_a"] - merged["value_b"]).to_numpy(dtype=float)
     if len(values) == 0:
         return None
@@ -212,12 +246,21 @@ def evaluate_claim(claim: Claim, rows: pd.DataFrame | None) -> Verdict:
     for test in claim.tests:
         outcome = evaluate_test(test, rows)
         if outcome is None:
-            return Verdict(claim, "no results", (),
-                           f"no rows match test {test.label!r} ({test.metric}, {dict(test.where)})")
+            return Verdict(
+                claim,
+                "no results",
+                (),
+                f"no rows match test {test.label!r} ({test.metric}, {dict(test.where)})",
+            )
         outcomes.append(outcome)
     passed = sum(o.passed for o in outcomes)
-    verdict = ("reproduced" if passed == len(outcomes)
-               else "not reproduced" if passed == 0 else "partly reproduced")
+    verdict = (
+        "reproduced"
+        if passed == len(outcomes)
+        else "not reproduced"
+        if passed == 0
+        else "partly reproduced"
+    )
     return Verdict(claim, verdict, tuple(outcomes))
 
 
@@ -227,21 +270,37 @@ def verdict_frame(verdicts: Sequence[Verdict], digits: int = 3) -> pd.DataFrame:
     for v in verdicts:
         base = {"claim": v.claim.id, "verdict": v.verdict}
         if not v.outcomes:
-            records.append({**base, "test": "", "estimate (95% CI)": "", "n": 0, "passed": "",
-                            "note": v.reason})
+            records.append(
+                {
+                    **base,
+                    "test": "",
+                    "estimate (95% CI)": "",
+                    "n": 0,
+                    "passed": "",
+                    "note": v.reason,
+                }
+            )
             continue
         for o in v.outcomes:
             sign = ">" if o.test.direction == "greater" else "<"
-            what = (f"{o.test.a} − {o.test.b}" if o.test.kind == "paired_difference" else o.test.a)
-            records.append({
-                **base, "test": f"{o.test.label}: {what} {o.test.metric} {sign} {o.test.threshold:g}",
-                "estimate (95% CI)": f"{o.mean:.{digits}f} [{o.ci_low:.{digits}f}, {o.ci_high:.{digits}f}]",
-                "n": o.n, "passed": "yes" if o.passed else "no", "note": ""})
+            what = f"{o.test.a} − {o.test.b}" if o.test.kind == "paired_difference" else o.test.a
+            records.append(
+                {
+                    **base,
+                    "test": f"{o.test.label}: {what} {o.test.metric} {sign} {o.test.threshold:g}",
+                    "estimate (95% CI)": f"{o.mean:.{digits}f} "
+                    f"[{o.ci_low:.{digits}f}, {o.ci_high:.{digits}f}]",
+                    "n": o.n,
+                    "passed": "yes" if o.passed else "no",
+                    "note": "",
+                }
+            )
     return pd.DataFrame.from_records(records)
 
 
-def chapter_verdicts(chapter: str, rows: pd.DataFrame,
-                     claims: Sequence[Claim] | None = None) -> pd.DataFrame:
+def chapter_verdicts(
+    chapter: str, rows: pd.DataFrame, claims: Sequence[Claim] | None = None
+) -> pd.DataFrame:
     """The verdict table of one chapter's claims, for display in its notebook."""
     claims = load_claims() if claims is None else claims
     selected = [c for c in claims if c.chapter == chapter]

@@ -65,7 +65,9 @@ def check_in_range(name: str, value: Any, low: float, high: float) -> None:
 def check_seeds(seeds: Any) -> tuple[int, ...]:
     """Validate a seed list and return it as a tuple of distinct non-negative integers."""
     if isinstance(seeds, int | str) or not isinstance(seeds, Iterable):
-        raise ConfigError(f"seeds={seeds!r} must be a list of non-negative integers, e.g. [0, 1, 2]")
+        raise ConfigError(
+            f"seeds={seeds!r} must be a list of non-negative integers, e.g. [0, 1, 2]"
+        )
     seeds = tuple(seeds)
     if not seeds:
         raise ConfigError("seeds=[] is empty; give at least one non-negative integer seed")
@@ -83,7 +85,9 @@ def check_device(device: Any) -> None:
     if not isinstance(device, str) or not (
         device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     ):
-        raise ConfigError(f"device={device!r} is not allowed; choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        raise ConfigError(
+            f"device={device!r} is not allowed; choose 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +144,8 @@ def make_config(
 
     Args:
         cls: the chapter's Config dataclass.
-        profiles: ``{"smoke": {...}, "cpu": {...}, "paper": {...}}``; each maps field names to values
+        profiles: ``{"smoke": {...}, "cpu": {...}, "paper": {...}}``; each maps field names to
+            values
             and must include ``seeds``.
         profile: which profile to start from.
         seeds: replaces the profile's seeds when given.
@@ -158,7 +163,9 @@ def make_config(
         if key in ("profile", "device"):
             raise ConfigError(f"overrides[{key!r}] is not allowed; pass {key} as its own parameter")
         if key not in field_names:
-            raise ConfigError(f"overrides has unknown key {key!r}; allowed keys: {', '.join(settable)}")
+            raise ConfigError(
+                f"overrides has unknown key {key!r}; allowed keys: {', '.join(settable)}"
+            )
     values: dict[str, Any] = dict(profiles[profile])
     values.update(overrides)
     if seeds is not None:

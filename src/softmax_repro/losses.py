@@ -21,11 +21,14 @@ from torch import Tensor, nn
 def _check_counts(class_counts: Tensor | list[int] | list[float]) -> Tensor:
     counts = torch.as_tensor(class_counts, dtype=torch.float64)
     if counts.ndim != 1 or counts.numel() < 2:
-        raise ValueError(f"class_counts must be a 1-D list of >= 2 counts, got shape {tuple(counts.shape)}")
+        raise ValueError(
+            f"class_counts must be a 1-D list of >= 2 counts, got shape {tuple(counts.shape)}"
+        )
     if (counts <= 0).any():
         empty = torch.nonzero(counts <= 0).flatten().tolist()
         raise ValueError(
-            f"class_counts must all be > 0 (log 0 = -inf); classes {empty} have no training examples"
+            f"class_counts must all be > 0 (log 0 = -inf); "
+            f"classes {empty} have no training examples"
         )
     return counts
 
@@ -62,12 +65,15 @@ class BalancedSoftmaxLoss(nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.shape[-1] != self.log_counts.numel():
             raise ValueError(
-                f"logits have {logits.shape[-1]} classes but class_counts has {self.log_counts.numel()}"
+                f"logits have {logits.shape[-1]} classes "
+                f"but class_counts has {self.log_counts.numel()}"
             )
         return F.cross_entropy(logits + self.power * self.log_counts, target)
 
 
-def posthoc_logit_adjustment(logits: Tensor, class_counts: Tensor | list[int], tau: float = 1.0) -> Tensor:
+def posthoc_logit_adjustment(
+    logits: Tensor, class_counts: Tensor | list[int], tau: float = 1.0
+) -> Tensor:
     """Logits ``η − τ·log prior`` for balanced-test prediction of a CE-trained model ``[B, C]``."""
     return logits - tau * log_prior(class_counts).to(logits.device)
 
@@ -83,7 +89,7 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         log_p = F.log_softmax(logits, dim=-1).gather(1, target[:, None]).squeeze(1)
-        return (-(1.0 - log_p.exp()) ** self.gamma * log_p).mean()
+        return (-((1.0 - log_p.exp()) ** self.gamma) * log_p).mean()
 
 
 def class_balanced_weights(class_counts: Tensor | list[int] | list[float]) -> Tensor:
@@ -107,7 +113,7 @@ class WeightedCrossEntropy(nn.Module):
 
 
 def class_balanced_sample_weights(labels: Tensor, num_classes: int) -> Tensor:
-    """Per-example sampling weights ``1/n_{y_i}`` so that every class is drawn equally often ``[N]``."""
+    """Per-example sampling weights ``1/n_{y_i}`` so every class is drawn equally often ``[N]``."""
     counts = torch.bincount(labels, minlength=num_classes).double()
     if (counts[labels] == 0).any():
         raise ValueError("a label outside 0..num_classes-1 was given")

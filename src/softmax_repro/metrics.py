@@ -81,8 +81,15 @@ def summarize(rows: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd
     for key, group in rows.groupby(list(by), sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         mean, low, high = mean_ci(group[value].to_numpy())
-        records.append({**dict(zip(by, key, strict=True)), "mean": mean, "ci_low": low,
-                        "ci_high": high, "n": len(group)})
+        records.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "n": len(group),
+            }
+        )
     return pd.DataFrame.from_records(records)
 
 

@@ -46,10 +46,14 @@ class CNN1D(nn.Module):
         check_int("channels", channels)
         c = channels
         self.body = nn.Sequential(
-            nn.Conv1d(1, c, 5, stride=2, padding=2), nn.ReLU(),
-            nn.Conv1d(c, c, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(c, c, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+            nn.Conv1d(1, c, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv1d(c, c, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(c, c, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
         )
         self.classifier = nn.Linear(c, num_classes)
 
@@ -69,8 +73,9 @@ class _BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn1(self.conv1(x)).relu()
@@ -85,8 +90,11 @@ class ResNetCifar(nn.Module):
         check_choice("depth", depth, (8, 14, 20, 32, 44, 56, 110))
         check_int("num_classes", num_classes, 2)
         n = (depth - 2) // 6
-        layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
-                                   nn.ReLU()]
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 16, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+        ]
         c_in = 16
         for stage, width in enumerate((16, 32, 64)):
             for block in range(n):

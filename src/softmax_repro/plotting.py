@@ -21,19 +21,39 @@ FIGURE_DPI = 90
 def set_theme() -> None:
     """The book's plotting theme: seaborn whitegrid, colour-blind palette, modest PNG size."""
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
-    plt.rcParams.update({"figure.dpi": FIGURE_DPI, "savefig.dpi": FIGURE_DPI,
-                         "figure.figsize": (7.0, 4.0), "axes.titlesize": "medium"})
+    plt.rcParams.update(
+        {
+            "figure.dpi": FIGURE_DPI,
+            "savefig.dpi": FIGURE_DPI,
+            "figure.figsize": (7.0, 4.0),
+            "axes.titlesize": "medium",
+        }
+    )
 
 
 def _errorbars(ax: Axes, data: pd.DataFrame, x_positions: Sequence[float], color: str) -> None:
     lower = data["mean"] - data["ci_low"]
     upper = data["ci_high"] - data["mean"]
-    ax.errorbar(x_positions, data["mean"], yerr=[lower.fillna(0), upper.fillna(0)], fmt="none",
-                ecolor=color, capsize=3, lw=1)
+    ax.errorbar(
+        x_positions,
+        data["mean"],
+        yerr=[lower.fillna(0), upper.fillna(0)],
+        fmt="none",
+        ecolor=color,
+        capsize=3,
+        lw=1,
+    )
 
 
-def ci_lineplot(rows: pd.DataFrame, x: str, hue: str, value: str = "value", ax: Axes | None = None,
-                logx: bool = False, ylabel: str | None = None) -> Axes:
+def ci_lineplot(
+    rows: pd.DataFrame,
+    x: str,
+    hue: str,
+    value: str = "value",
+    ax: Axes | None = None,
+    logx: bool = False,
+    ylabel: str | None = None,
+) -> Axes:
     """Mean of ``value`` against ``x`` per ``hue`` with 95% t-interval error bars over seeds."""
     ax = ax or plt.subplots()[1]
     table = summarize(rows, [hue, x], value)
@@ -50,9 +70,16 @@ def ci_lineplot(rows: pd.DataFrame, x: str, hue: str, value: str = "value", ax: 
     return ax
 
 
-def ci_barplot(rows: pd.DataFrame, x: str, hue: str, value: str = "value", ax: Axes | None = None,
-               ylabel: str | None = None, order: Sequence[str] | None = None) -> Axes:
-    """Grouped bars of the mean of ``value`` per ``x`` and ``hue`` with 95% t-interval error bars."""
+def ci_barplot(
+    rows: pd.DataFrame,
+    x: str,
+    hue: str,
+    value: str = "value",
+    ax: Axes | None = None,
+    ylabel: str | None = None,
+    order: Sequence[str] | None = None,
+) -> Axes:
+    """Grouped bars of the mean of ``value`` per ``x`` and ``hue`` with 95% t-interval bars."""
     ax = ax or plt.subplots()[1]
     table = summarize(rows, [x, hue], value)
     xs = list(order) if order is not None else list(dict.fromkeys(rows[x]))

@@ -2,8 +2,8 @@
 
 A row is a flat dict with at least ``method``, ``seed``, ``metric`` and ``value``, plus setting
 columns (``dataset``, ``imbalance``, ...) and optionally ``wall_s``. Provenance records where the
-numbers came from: git commit and dirty flag, profile, full config, package versions, device, CPU/GPU
-name, start time, wall seconds and seconds per phase.
+numbers came from: git commit and dirty flag, profile, full config, package versions, device,
+CPU/GPU name, start time, wall seconds and seconds per phase.
 """
 
 from __future__ import annotations
@@ -23,15 +23,26 @@ import torch
 from softmax_repro.config import BaseConfig, ConfigError
 
 REQUIRED_COLUMNS = ("method", "seed", "metric", "value")
-PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "scipy", "mnist1d", "datasets", "seaborn",
-            "papermill", "jupyter-book")
+PACKAGES = (
+    "torch",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "scipy",
+    "mnist1d",
+    "datasets",
+    "seaborn",
+    "papermill",
+    "jupyter-book",
+)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -101,8 +112,12 @@ def write_results(
         "timings_s": dict(timings or {}),
         **environment(device),
     }
-    payload = {"chapter": chapter, "profile": config.profile, "provenance": provenance,
-               "rows": [dict(r) for r in rows]}
+    payload = {
+        "chapter": chapter,
+        "profile": config.profile,
+        "provenance": provenance,
+        "rows": [dict(r) for r in rows],
+    }
     path = Path(results_dir) / config.profile / f"{chapter}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -111,7 +126,9 @@ def write_results(
     return path
 
 
-def read_results(path: str | Path, profile: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+def read_results(
+    path: str | Path, profile: str | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Rows (as a DataFrame) and provenance of a results file.
 
     Args:

@@ -2,7 +2,7 @@
 
 Usage (see ``make help``)::
 
-    python -m softmax_repro.runner execute [--profile cpu] [--name 01_balanced_softmax] [--device auto]
+    python -m softmax_repro.runner execute [--profile cpu] [--name NAME] [--device auto]
     python -m softmax_repro.runner report  [--profile cpu]
 
 A chapter is stale when the sha256 of (its notebook source, the profile and device, every file
@@ -46,12 +46,16 @@ def content_hash(notebook: Path, profile: str, device: str, root: Path = REPO_RO
     """sha256 over the notebook, profile, device, all of ``src/`` and the data registry files."""
     digest = hashlib.sha256()
     digest.update(f"profile={profile}\ndevice={device}\n".encode())
-    files = [notebook, *sorted((root / "src").rglob("*.py")),
-             *(root / name for name in HASHED_FILES)]
+    files = [
+        notebook,
+        *sorted((root / "src").rglob("*.py")),
+        *(root / name for name in HASHED_FILES),
+    ]
     for path in files:
         if path.exists():
-            digest.update(str(path.relative_to(root) if path.is_relative_to(root) else path.name)
-                          .encode())
+            digest.update(
+                str(path.relative_to(root) if path.is_relative_to(root) else path.name).encode()
+            )
             digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -82,10 +86,16 @@ def clean_outputs(nb: nbformat.NotebookNode) -> None:
             data.pop("application/vnd.jupyter.widget-view+json", None)
 
 
-def execute_chapter(name: str, profile: str, *, device: str = "auto",
-                    out_dir: Path = REPO_ROOT / "book" / "chapters",
-                    results_dir: Path = REPO_ROOT / "results", force: bool = False,
-                    root: Path = REPO_ROOT) -> bool:
+def execute_chapter(
+    name: str,
+    profile: str,
+    *,
+    device: str = "auto",
+    out_dir: Path = REPO_ROOT / "book" / "chapters",
+    results_dir: Path = REPO_ROOT / "results",
+    force: bool = False,
+    root: Path = REPO_ROOT,
+) -> bool:
     """Execute one chapter if stale. Returns True if it ran, False if it was up to date.
 
     Raises:
@@ -115,9 +125,15 @@ def execute_chapter(name: str, profile: str, *, device: str = "auto",
     os.environ[CHECKPOINT_ENV] = str(checkpoints)
     try:
         papermill.execute_notebook(
-            str(source), str(tmp_nb), kernel_name=KERNEL_NAME, cwd=str(root),
+            str(source),
+            str(tmp_nb),
+            kernel_name=KERNEL_NAME,
+            cwd=str(root),
             parameters={"profile": profile, "device": device, "results_dir": str(staging)},
-            progress_bar=False, log_output=False, report_mode=False)
+            progress_bar=False,
+            log_output=False,
+            report_mode=False,
+        )
     except BaseException as error:
         failed = root / "failed" / profile / f"{name}.ipynb"
         failed.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +142,10 @@ def execute_chapter(name: str, profile: str, *, device: str = "auto",
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, KeyboardInterrupt):
             raise
-        raise RuntimeError(f"{name} failed at profile={profile}; the executed notebook with the "
-                           f"traceback is {failed}") from error
+        raise RuntimeError(
+            f"{name} failed at profile={profile}; the executed notebook with the "
+            f"traceback is {failed}"
+        ) from error
     finally:
         if env_before is None:
             os.environ.pop(CHECKPOINT_ENV, None)
@@ -135,14 +153,20 @@ def execute_chapter(name: str, profile: str, *, device: str = "auto",
             os.environ[CHECKPOINT_ENV] = env_before
     nb = nbformat.read(tmp_nb, as_version=4)
     clean_outputs(nb)
-    nb.metadata[METADATA_KEY] = {"hash": digest, "profile": profile, "device": device,
-                                 "wall_s": round(time.perf_counter() - start, 1)}
+    nb.metadata[METADATA_KEY] = {
+        "hash": digest,
+        "profile": profile,
+        "device": device,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
     nbformat.write(nb, tmp_nb)
     produced = staging / profile / f"{name}.json"
     if not produced.exists():
         shutil.rmtree(staging, ignore_errors=True)
-        raise RuntimeError(f"{name} ran but wrote no results file {produced.name}; "
-                           f"does the notebook call run(config, results_dir=results_dir)?")
+        raise RuntimeError(
+            f"{name} ran but wrote no results file {produced.name}; "
+            f"does the notebook call run(config, results_dir=results_dir)?"
+        )
     (results_dir / profile).mkdir(parents=True, exist_ok=True)
     os.replace(produced, results_dir / profile / f"{name}.json")
     os.replace(tmp_nb, target)
@@ -153,8 +177,11 @@ def execute_chapter(name: str, profile: str, *, device: str = "auto",
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m softmax_repro.runner", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m softmax_repro.runner",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="execute stale chapters with papermill")
     ex.add_argument("--profile", default="cpu")
@@ -180,9 +207,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = args.name or chapter_names()
         for name in names:
             check_choice("NAME", name, chapter_names())
-        ran = [n for n in names if execute_chapter(n, args.profile, device=args.device,
-                                                   out_dir=args.out_dir,
-                                                   results_dir=args.results_dir, force=args.force)]
+        ran = [
+            n
+            for n in names
+            if execute_chapter(
+                n,
+                args.profile,
+                device=args.device,
+                out_dir=args.out_dir,
+                results_dir=args.results_dir,
+                force=args.force,
+            )
+        ]
         print(f"executed {len(ran)} of {len(names)} chapter(s)")
         return 0
     except ConfigError as error:

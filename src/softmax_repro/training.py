@@ -183,8 +183,9 @@ def fit(
     epoch_losses: list[float] = []
     step = samples = 0
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr, disable=desc is None,
-               mininterval=5.0)
+    bar = tqdm(
+        total=total, desc=desc, leave=False, file=sys.stderr, disable=desc is None, mininterval=5.0
+    )
     epoch = 0
     while step < total:
         running, count = 0.0, 0
@@ -283,19 +284,29 @@ def fit_classifier(
         return loss_fn(net(xb), yb)
 
     steps_per_epoch = math.ceil(n / spec.batch_size)
-    return fit(model, compute_loss, make_batches, spec, steps_per_epoch=steps_per_epoch,
-               params=params, desc=desc)
+    return fit(
+        model,
+        compute_loss,
+        make_batches,
+        spec,
+        steps_per_epoch=steps_per_epoch,
+        params=params,
+        desc=desc,
+    )
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 1024,
-            device: torch.device | None = None) -> Tensor:
+def predict(
+    model: nn.Module, x: Tensor, batch_size: int = 1024, device: torch.device | None = None
+) -> Tensor:
     """Logits ``[N, C]`` (on CPU) of ``model`` in eval mode, computed in batches."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    outputs = [model(x[i : i + batch_size].to(device)).float().cpu()
-               for i in range(0, x.shape[0], batch_size)]
+    outputs = [
+        model(x[i : i + batch_size].to(device)).float().cpu()
+        for i in range(0, x.shape[0], batch_size)
+    ]
     model.train(was_training)
     return torch.cat(outputs)
 

@@ -19,7 +19,12 @@ def load_digits_split(test_fraction: float = 0.3, seed: int = 0) -> Split:
     check_int("seed", seed, 0)
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, digits.target, test_size=test_fraction,
-                                              stratify=digits.target, random_state=seed)
-    return Split(torch.as_tensor(x_tr), torch.as_tensor(y_tr, dtype=torch.int64),
-                 torch.as_tensor(x_te), torch.as_tensor(y_te, dtype=torch.int64))
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, digits.target, test_size=test_fraction, stratify=digits.target, random_state=seed
+    )
+    return Split(
+        torch.as_tensor(x_tr),
+        torch.as_tensor(y_tr, dtype=torch.int64),
+        torch.as_tensor(x_te),
+        torch.as_tensor(y_te, dtype=torch.int64),
+    )

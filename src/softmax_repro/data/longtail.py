@@ -19,8 +19,10 @@ def longtail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int]
         raise ConfigError(f"imbalance={imbalance!r} is not allowed; it must be a number >= 1")
     counts = [int(n_max * imbalance ** (-y / (num_classes - 1))) for y in range(num_classes)]
     if counts[-1] < 1:
-        raise ConfigError(f"imbalance={imbalance} with n_max={n_max} leaves class "
-                          f"{num_classes - 1} empty; use n_max >= imbalance")
+        raise ConfigError(
+            f"imbalance={imbalance} with n_max={n_max} leaves class "
+            f"{num_classes - 1} empty; use n_max >= imbalance"
+        )
     return counts
 
 
@@ -44,7 +46,8 @@ def subsample_longtail(labels: torch.Tensor, counts: list[int], seed: int) -> to
     for cls, count in enumerate(counts):
         pool = np.flatnonzero(labels_np == cls)
         if count > pool.size:
-            raise ConfigError(f"class {cls} has {pool.size} examples but {count} were asked for; "
-                              f"lower n_max")
+            raise ConfigError(
+                f"class {cls} has {pool.size} examples but {count} were asked for; lower n_max"
+            )
         keep.append(rng.choice(pool, size=count, replace=False))
     return torch.as_tensor(np.sort(np.concatenate(keep)), dtype=torch.int64)

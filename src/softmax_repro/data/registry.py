@@ -78,7 +78,8 @@ def verify_registered(name: str, path: str | Path) -> Path:
     if actual != source.sha256:
         raise DataIntegrityError(
             f"{path} has sha256 {actual}, expected {source.sha256} (truncated or altered); "
-            f"delete it and rebuild it with: {source.rebuild}")
+            f"delete it and rebuild it with: {source.rebuild}"
+        )
     return path
 
 
@@ -97,11 +98,14 @@ def verify_sidecar(path: str | Path, rebuild: str) -> Path:
     path = Path(path)
     sidecar = Path(f"{path}.sha256")
     if not sidecar.exists():
-        raise DataIntegrityError(f"{path} has no checksum file {sidecar.name}; "
-                                 f"delete it and rebuild it with: {rebuild}")
+        raise DataIntegrityError(
+            f"{path} has no checksum file {sidecar.name}; delete it and rebuild it with: {rebuild}"
+        )
     expected = sidecar.read_text().strip()
     actual = sha256_file(path)
     if actual != expected:
-        raise DataIntegrityError(f"{path} has sha256 {actual}, expected {expected} (truncated or "
-                                 f"altered); delete it and rebuild it with: {rebuild}")
+        raise DataIntegrityError(
+            f"{path} has sha256 {actual}, expected {expected} (truncated or "
+            f"altered); delete it and rebuild it with: {rebuild}"
+        )
     return path

@@ -18,10 +18,13 @@ from torch import Tensor, nn
 from softmax_repro import losses, metrics, results, training
 from softmax_repro.config import (
     BaseConfig,
+    ConfigError,
     check_choice,
     check_int,
     check_positive,
     check_subset,
+)
+from softmax_repro.config import (
     make_config as _make_config,
 )
 from softmax_repro.data import longtail
@@ -68,8 +71,7 @@ class Config(BaseConfig):
         check_subset("datasets", self.datasets, DATASETS)
         check_subset("methods", self.methods, METHODS)
         if not self.imbalances:
-            raise_empty = "imbalances is empty; give at least one imbalance factor >= 1"
-            raise ValueError(raise_empty)
+            raise ConfigError("imbalances is empty; give at least one imbalance factor >= 1")
         for factor in self.imbalances:
             longtail.longtail_counts(self.n_max, 10, factor)
         check_int("n_max", self.n_max, 1)
@@ -88,8 +90,12 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(profile: str = "cpu", seeds: Any = None, device: str = "auto",
-                overrides: dict[str, Any] | None = None) -> Config:
+def make_config(
+    profile: str = "cpu",
+    seeds: Any = None,
+    device: str = "auto",
+    overrides: dict[str, Any] | None = None,
+) -> Config:
     """A validated :class:`Config` from a profile plus overrides."""
     return _make_config(Config, PROFILES, profile, seeds, device, overrides)
 
@@ -121,18 +127,31 @@ def load_dataset(name: str, config: Config) -> Split:
     return load_mnist1d(config.num_samples, seed=42)
 
 
-def train_and_evaluate(config: Config, data: Split, imbalance: float, method: str, seed: int,
-                       device: torch.device) -> dict[str, float]:
+def train_and_evaluate(
+    config: Config, data: Split, imbalance: float, method: str, seed: int, device: torch.device
+) -> dict[str, float]:
     """One run: long-tail the training set with ``seed``, train ``method``, return metrics."""
     num_classes = int(data.y_train.max()) + 1
     counts = longtail.longtail_counts(config.n_max, num_classes, imbalance)
     idx = longtail.subsample_longtail(data.y_train, counts, seed)
     training.seed_everything(seed)
     model = build_model(config, data.x_train.shape[1], num_classes)
-    spec = training.TrainSpec(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                              weight_decay=config.weight_decay, schedule="cosine")
-    training.fit_classifier(model, build_loss(method, counts), data.x_train[idx],
-                            data.y_train[idx], spec, seed=seed, device=device)
+    spec = training.TrainSpec(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        schedule="cosine",
+    )
+    training.fit_classifier(
+        model,
+        build_loss(method, counts),
+        data.x_train[idx],
+        data.y_train[idx],
+        spec,
+        seed=seed,
+        device=device,
+    )
     logits = training.predict(model, data.x_test, device=device)
     return {"top1": metrics.accuracy(logits, data.y_test)}
 
@@ -143,19 +162,34 @@ def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
     started, timer = results.now(), PhaseTimer()
     with timer("data"):
         sources = {name: load_dataset(name, config) for name in config.datasets}
-    grid = [{"dataset": d, "imbalance": i, "method": m, "seed": s} for d, i, m, s in
-            itertools.product(config.datasets, config.imbalances, config.methods, config.seeds)]
+    grid = [
+        {"dataset": d, "imbalance": i, "method": m, "seed": s}
+        for d, i, m, s in itertools.product(
+            config.datasets, config.imbalances, config.methods, config.seeds
+        )
+    ]
 
     def run_one(run: dict[str, Any]) -> list[dict[str, Any]]:
-        scores = train_and_evaluate(config, sources[run["dataset"]], run["imbalance"],
-                                    run["method"], run["seed"], device)
-        return [{**run, "dataset": f"{run['dataset']}-lt", "metric": k, "value": v}
-                for k, v in scores.items()]
+        scores = train_and_evaluate(
+            config, sources[run["dataset"]], run["imbalance"], run["method"], run["seed"], device
+        )
+        return [
+            {**run, "dataset": f"{run['dataset']}-lt", "metric": k, "value": v}
+            for k, v in scores.items()
+        ]
 
     with timer("train+evaluate"):
         rows = training.run_grid(grid, run_one, chapter=CHAPTER)
     wall = sum(timer.seconds.values())
-    path = results.write_results(CHAPTER, config, rows, results_dir=results_dir, started=started,
-                                 wall_s=wall, device=device, timings=timer.as_dict())
+    path = results.write_results(
+        CHAPTER,
+        config,
+        rows,
+        results_dir=results_dir,
+        started=started,
+        wall_s=wall,
+        device=device,
+        timings=timer.as_dict(),
+    )
     frame, provenance = results.read_results(path)
     return ChapterResult(frame, provenance)

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from softmax_repro import incremental, results, training
+from softmax_repro import incremental, metrics, results, training
 from softmax_repro.config import (
     BaseConfig,
     ConfigError,
@@ -86,9 +86,9 @@ class Config(BaseConfig):
     class_orders: tuple[int, ...] = (0, 1)
     model: str = "mlp"
     hidden: int = 256
-    num_samples: int = 10_000
-    epochs_base: int = 20
-    epochs_step: int = 20
+    num_samples: int = 5_000
+    epochs_base: int = 15
+    epochs_step: int = 15
     batch_size: int = 64
     lr: float = 0.05
     weight_decay: float = 5e-4
@@ -142,9 +142,8 @@ class Config(BaseConfig):
 
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {"seeds": (0, 1), "methods": ("ce_m5", "bsce_m5", "ce_ft_m5", "bsce_kd_m0"),
-              "datasets": ("digits",), "class_orders": (0,), "hidden": 64, "epochs_base": 3,
-              "epochs_step": 3, "finetune_epochs": 2},
+    "smoke": {"seeds": (0, 1), "class_orders": (0,), "num_samples": 1000, "hidden": 32,
+              "epochs_base": 2, "epochs_step": 2, "finetune_epochs": 1},
     "cpu": {"seeds": (0, 1, 2, 3, 4)},
     "paper": {"seeds": (0, 1, 2), "datasets": ("cifar100",), "model": "resnet32",
               "base_classes": 50, "increments": (5, 10, 25), "class_orders": (1993,),
@@ -226,6 +225,45 @@ def method_table(rows: pd.DataFrame) -> pd.DataFrame:
         kd=rows["method"].map(lambda m: parts[m].distillation),
         finetune=rows["method"].map(lambda m: parts[m].balanced_finetune),
         selection=rows["method"].map(lambda m: parts[m].selection))
+
+
+RUN_KEYS = ["dataset", "increments", "order", "seed"]
+"""Columns that identify a paired comparison (same data, stream and initialisation)."""
+
+
+def summary_table(rows: pd.DataFrame, metrics_: tuple[str, ...] = ("avg_inc_acc", "final_acc",
+                                                                   "forgetting")) -> pd.DataFrame:
+    """Mean ± 95% CI (in %) of per-run metrics, one row per dataset, increments and method."""
+    per_run = rows[rows["metric"].isin(metrics_)]
+    table = metrics.summarize(per_run, ["dataset", "increments", "method", "metric"])
+    table["value"] = [metrics.format_ci(m, lo, hi, scale=100)
+                      for m, lo, hi in zip(table["mean"], table["ci_low"], table["ci_high"],
+                                           strict=True)]
+    wide = table.pivot(index=["dataset", "increments", "method"], columns="metric",
+                       values="value")[list(metrics_)].reset_index()
+    order = {m: i for i, m in enumerate(dict.fromkeys(rows["method"]))}
+    return wide.sort_values(["dataset", "increments", "method"],
+                            key=lambda c: c.map(order) if c.name == "method" else c,
+                            ignore_index=True)
+
+
+def paired_differences(rows: pd.DataFrame, pairs: list[tuple[str, str]],
+                       metric: str = "avg_inc_acc") -> pd.DataFrame:
+    """Per dataset and pair ``(a, b)``: mean and 95% CI of ``a − b`` in ``metric``, paired by run.
+
+    Returns columns ``dataset, increments, a, b, mean, ci_low, ci_high, n``.
+    """
+    values = rows[rows["metric"] == metric].pivot_table(index=RUN_KEYS, columns="method",
+                                                        values="value")
+    records = []
+    for (dataset, increments), group in values.groupby(level=["dataset", "increments"]):
+        for a, b in pairs:
+            if a not in group or b not in group:
+                continue
+            mean, low, high = metrics.paired_difference_ci(group[a], group[b])
+            records.append({"dataset": dataset, "increments": increments, "a": a, "b": b,
+                            "mean": mean, "ci_low": low, "ci_high": high, "n": len(group)})
+    return pd.DataFrame.from_records(records)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ plus ``true_senses`` / ``freq_decile`` / projection columns where relevant.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from softmax_repro.config import (
     check_int,
     check_positive,
     check_subset,
+)
+from softmax_repro.config import (
     make_config as _make_config,
 )
 from softmax_repro.data import text
@@ -212,19 +215,24 @@ def reallocation_hook(model: RNNLanguageModel, method: str,
 
 
 def train_model(config: Config, method: str, seed: int, vocab: int, train: Tensor, *,
-                embed: int, hidden: int, layers: int, dropout: float,
-                epochs: int) -> tuple[RNNLanguageModel, float]:
-    """Seed, build and train one LM; returns it with its training tokens per second."""
+                embed: int, hidden: int, layers: int, dropout: float, epochs: int,
+                device: torch.device) -> tuple[RNNLanguageModel, float, OutputHead]:
+    """Seed, build and train one LM on ``device``.
+
+    Returns the model, its training tokens per second and a CPU copy of its head as initialised
+    (the control of :func:`sense_ami`: untrained sense vectors)."""
     training.seed_everything(seed)
     head = build_head(method, hidden, vocab, config)
+    initial = copy.deepcopy(head)
     model = RNNLanguageModel(vocab, embed, hidden, head, layers=layers, cell=config.cell,
-                             dropout=dropout)
+                             dropout=dropout).to(device)
+    train = train.to(device)
     spec = training.TrainSpec(epochs=epochs, batch_size=config.batch_size, lr=config.lr,
                               optimizer="adam", schedule="cosine")
     log = train_lm(model, train, config.bptt, spec,
                    before_step=reallocation_hook(model, method, config))
     tokens = epochs * (train.shape[1] - 1) * train.shape[0]
-    return model, tokens / log.wall_s
+    return model, tokens / log.wall_s, initial
 
 
 @torch.no_grad()
@@ -298,7 +306,8 @@ def sense_projection(head: KerBSHead, h: Tensor, words: Tensor, concepts: Tensor
     return points
 
 
-def run_synthetic(config: Config, method: str, seed: int) -> list[dict[str, Any]]:
+def run_synthetic(config: Config, method: str, seed: int,
+                  device: torch.device) -> list[dict[str, Any]]:
     """One synthetic-language run: rows of NLL per token group, senses and speed."""
     language = text.make_polysemous_language(config.syn_words, config.syn_polysemous_fraction,
                                              config.syn_max_senses, config.syn_branching,
@@ -309,9 +318,11 @@ def run_synthetic(config: Config, method: str, seed: int) -> list[dict[str, Any]
     train = text.batchify(train_words, config.batch_size)
     test = text.batchify(test_words, config.batch_size)
     concepts = text.batchify(test_concepts, config.batch_size)[:, 1:].reshape(-1)
-    model, speed = train_model(config, method, seed, language.num_words, train,
-                               embed=config.syn_hidden, hidden=config.syn_hidden, layers=1,
-                               dropout=0.0, epochs=config.syn_epochs)
+    model, speed, initial = train_model(config, method, seed, language.num_words, train,
+                                        embed=config.syn_hidden, hidden=config.syn_hidden,
+                                        layers=1, dropout=0.0, epochs=config.syn_epochs,
+                                        device=device)
+    model.cpu()
     nll = evaluate_nll(model, test, config.bptt).reshape(-1)
     targets = test[:, 1:].reshape(-1)
     senses = torch.from_numpy(language.senses)
@@ -327,6 +338,11 @@ def run_synthetic(config: Config, method: str, seed: int) -> list[dict[str, Any]
         polysemous = (senses >= 2).nonzero().squeeze(1)
         rows.append({**base, "metric": "sense_ami",
                      "value": sense_ami(head, h, targets, concepts, polysemous)})
+        if method == "kerbs":
+            initial.load_state_dict({k: v.cpu() for k, v in head.state_dict().items()
+                                     if k not in ("weight", "bias", "theta_raw")}, strict=False)
+            rows.append({**base, "method": "kerbs_untrained_senses", "metric": "sense_ami",
+                         "value": sense_ami(initial, h, targets, concepts, polysemous)})
         held = head.senses_per_word().cpu()
         for true in sorted(set(language.senses.tolist())):
             rows.append({**base, "metric": "senses_held", "true_senses": true,
@@ -351,17 +367,18 @@ def load_corpus(config: Config) -> dict[str, list[str]]:
 
 
 def run_corpus(config: Config, method: str, seed: int, vocab: text.Vocabulary,
-               data: dict[str, Tensor]) -> list[dict[str, Any]]:
+               data: dict[str, Tensor], device: torch.device) -> list[dict[str, Any]]:
     """One corpus run: rows of valid/test perplexity, speed and senses per frequency decile."""
     train = text.batchify(data["train"], config.batch_size)
-    model, speed = train_model(config, method, seed, len(vocab), train,
+    model, speed, _ = train_model(config, method, seed, len(vocab), train,
                                embed=config.corpus_embed, hidden=config.corpus_hidden,
                                layers=config.corpus_layers, dropout=config.corpus_dropout,
-                               epochs=config.corpus_epochs)
+                               epochs=config.corpus_epochs, device=device)
     base = {"dataset": config.corpus, "method": method, "seed": seed}
     rows = [{**base, "metric": "tokens_per_s", "value": speed}]
     for split in ("valid", "test"):
-        nll = evaluate_nll(model, text.batchify(data[split], config.batch_size), config.bptt)
+        batches = text.batchify(data[split], config.batch_size).to(device)
+        nll = evaluate_nll(model, batches, config.bptt)
         name = "ppl" if split == "test" else "valid_ppl"
         rows.append({**base, "metric": name, "value": math.exp(float(nll.double().mean()))})
     if isinstance(model.head, KerBSHead):
@@ -383,8 +400,6 @@ def projection_frame(rows: pd.DataFrame) -> pd.DataFrame:
 def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
     """Every synthetic (method, seed) run, then every corpus (method, seed) run; rows written."""
     device = training.resolve_device(config.device)
-    if device.type != "cpu":
-        torch.set_default_device(device)
     started, timer = results.now(), PhaseTimer()
     corpus_seeds = config.seeds[: config.corpus_num_seeds]
     grid = [{"dataset": "synthetic", "method": m, "seed": s}
@@ -400,8 +415,9 @@ def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
 
     def run_one(run: dict[str, Any]) -> list[dict[str, Any]]:
         if run["dataset"] == "synthetic":
-            return run_synthetic(config, run["method"], run["seed"])
-        return run_corpus(config, run["method"], run["seed"], corpus["vocab"], corpus["data"])
+            return run_synthetic(config, run["method"], run["seed"], device)
+        return run_corpus(config, run["method"], run["seed"], corpus["vocab"], corpus["data"],
+                          device)
 
     with timer("train+evaluate"):
         rows = training.run_grid(grid, run_one, chapter=CHAPTER)
