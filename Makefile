@@ -7,6 +7,9 @@ STAMP := $(VENV)/.setup-stamp
 PROFILE ?= cpu
 DEVICE ?= auto
 NAME ?=
+# Where executed chapters / results go (tests point these at a scratch folder).
+BOOK ?= book
+RESULTS ?= results
 KERNEL := softmax-repro
 # Threads per torch process; 2 = the cores of the reference machine.
 export OMP_NUM_THREADS ?= 2
@@ -29,19 +32,21 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## Create .venv, install pinned dependencies and register the Jupyter kernel
 
 book: setup ## Set up, run every stale chapter (PROFILE=cpu), generate ledger/status, build the HTML
-	$(PY) -m softmax_repro.runner execute --profile $(PROFILE) --device $(DEVICE)
-	$(MAKE) --no-print-directory html PROFILE=$(PROFILE)
+	$(PY) -m softmax_repro.runner execute --profile $(PROFILE) --device $(DEVICE) \
+		--out-dir $(BOOK)/chapters --results-dir $(RESULTS)
+	$(MAKE) --no-print-directory html PROFILE=$(PROFILE) BOOK=$(BOOK) RESULTS=$(RESULTS)
 
 chapter: setup ## Re-run one chapter: make chapter NAME=01_balanced_softmax [PROFILE=cpu] [DEVICE=cuda]
 	@test -n "$(NAME)" || { echo "error: NAME is required; one of: $$(ls notebooks | sed 's/.ipynb//' | tr '\n' ' ')"; exit 2; }
-	$(PY) -m softmax_repro.runner execute --profile $(PROFILE) --device $(DEVICE) --name $(NAME) --force
+	$(PY) -m softmax_repro.runner execute --profile $(PROFILE) --device $(DEVICE) --name $(NAME) --force \
+		--out-dir $(BOOK)/chapters --results-dir $(RESULTS)
 
 report: setup ## Regenerate the ledger and status pages from results/$(PROFILE)
-	$(PY) -m softmax_repro.runner report --profile $(PROFILE)
+	$(PY) -m softmax_repro.runner report --profile $(PROFILE) --book-dir $(BOOK) --results-dir $(RESULTS)
 
 html: report ## Only render the book (no execution) into book/_build/html
-	$(VENV)/bin/jupyter-book build book --warningiserror --keep-going --quiet
-	@echo "The book is at file://$(CURDIR)/book/_build/html/index.html"
+	$(VENV)/bin/jupyter-book build $(BOOK) --warningiserror --keep-going --quiet
+	@echo "The book is at file://$(abspath $(BOOK))/_build/html/index.html"
 
 test: setup ## Set up and run the whole test suite (unit, notebooks at smoke, book build, browser)
 	$(PY) -m pytest -q

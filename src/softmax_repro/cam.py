@@ -23,7 +23,7 @@ Box = tuple[int, int, int, int]
 
 
 def class_maps(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """CAM of ``classes[b]`` for each image: ``[B, C, H, W]``, ``[K, C]``, ``[B]`` -> ``[B, H, W]``."""
+    """CAM of ``classes[b]`` per image: ``[B, C, H, W]``, ``[K, C]``, ``[B]`` -> ``[B, H, W]``."""
     return torch.einsum("bchw,bc->bhw", features, weight[classes])
 
 
@@ -39,8 +39,8 @@ def contrast_weights(weight: torch.Tensor) -> torch.Tensor:
 def region_sum(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Sum of each ``kernel_size × kernel_size`` neighbourhood (zero padding, same size).
 
-    ``[B, H, W]`` -> ``[B, H, W]``. For an even size the window covers ``(r−1)//2`` pixels before and
-    ``r//2`` after the centre.
+    ``[B, H, W]`` -> ``[B, H, W]``. For an even size the window covers ``(r−1)//2`` pixels before
+    and ``r//2`` after the centre.
     """
     if kernel_size < 1:
         raise ValueError(f"kernel_size={kernel_size} must be >= 1")
@@ -53,7 +53,7 @@ def region_sum(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
 def info_maps(
     features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor, kernel_size: int
 ) -> torch.Tensor:
-    """infoCAM of ``classes[b]``: contrast weights, then region summation. Shapes as :func:`class_maps`."""
+    """infoCAM of ``classes[b]``: contrast weights, then region sums (as :func:`class_maps`)."""
     return region_sum(class_maps(features, contrast_weights(weight), classes), kernel_size)
 
 
@@ -92,5 +92,31 @@ def iou(a: Box, b: Box) -> float:
 def localisation_correct(
     predicted_class: int, true_class: int, predicted_box: Box, true_box: Box, min_iou: float = 0.5
 ) -> bool:
-    """Top-1 localisation: the class is right and the box overlaps the truth with IoU ≥ ``min_iou``."""
+    """Top-1 localisation: the class is right and the box has IoU ≥ ``min_iou`` with the truth."""
     return predicted_class == true_class and iou(predicted_box, true_box) >= min_iou
+
+
+def threshold_mask(heatmap: np.ndarray, threshold: float = 0.2) -> np.ndarray:
+    """Mask of the pixels with ``heatmap − min ≥ threshold · (max − min)`` (every component)."""
+    shifted = np.asarray(heatmap, dtype=np.float64) - np.min(heatmap)
+    peak = shifted.max()
+    if peak <= 0:
+        return np.zeros(shifted.shape, dtype=bool)
+    return shifted >= threshold * peak
+
+
+def apply_mask(images: torch.Tensor, masks: np.ndarray, fill: float = 0.0) -> torch.Tensor:
+    """A copy of ``images`` [B, C, H, W] whose pixels in ``masks`` [B, H, W] are set to ``fill``.
+
+    The mask applies to every channel.
+    """
+    out = images.clone()
+    out[torch.from_numpy(masks)[:, None].expand_as(out)] = fill
+    return out
+
+
+def shifted_masks(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each mask ``[B, H, W]`` rolled (circularly) by a random offset: same area, random place."""
+    height, width = masks.shape[1:]
+    return np.stack([np.roll(m, (int(rng.integers(height)), int(rng.integers(width))), axis=(0, 1))
+                     for m in masks])

@@ -108,3 +108,35 @@ class ResNetCifar(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+class GapCNN(nn.Module):
+    """A small 2-D CNN whose classifier sees globally average-pooled feature maps (for CAM).
+
+    Input ``[B, in_channels, S, S]``; ``feature_maps(x)`` is ``[B, 2·width, S/2, S/2]`` (one 2×2 max
+    pool); ``features(x)`` is its spatial mean ``[B, 2·width]``; logits are ``[B, num_classes]``.
+    """
+
+    def __init__(self, num_classes: int, width: int = 16, in_channels: int = 1) -> None:
+        super().__init__()
+        check_int("num_classes", num_classes, 2)
+        check_int("width", width)
+        check_int("in_channels", in_channels)
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(),
+        )
+        self.classifier = nn.Linear(2 * w, num_classes)
+
+    def feature_maps(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.feature_maps(x).mean(dim=(2, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))

@@ -10,12 +10,12 @@ Estimators (all in nats, all means of a point-wise score over a labelled test se
   I(X;Y) when the classes are balanced.
 * ``pc_softmax``: mean of log[exp(z_y) / Σ_k p_k exp(z_k)] (probability-corrected softmax) of a
   network trained with the PC-softmax loss. That loss equals Balanced Softmax plus a per-class
-  constant (−log[e^{z_y}/Σ p_k e^{z_k}] = −log[p_y e^{z_y}/Σ p_k e^{z_k}] + log p_y), so its gradient is
-  Balanced Softmax's and training reuses :class:`softmax_repro.losses.BalancedSoftmaxLoss`.
+  constant (−log[e^{z_y}/Σ p_k e^{z_k}] = −log[p_y e^{z_y}/Σ p_k e^{z_k}] + log p_y), so its
+  gradient is Balanced Softmax's: training reuses :class:`~losses.BalancedSoftmaxLoss`.
 * ``infonce`` (van den Oord et al.), ``nwj`` (Nguyen, Wainwright, Jordan) and ``mine`` (the
-  Donsker–Varadhan bound that MINE maximises) with a critic ``f(x, y) = T(x)_y``. Because Y is discrete,
-  expectations under the product of marginals are summed exactly over the K labels weighted by the
-  label prior instead of shuffling pairs.
+  Donsker–Varadhan bound that MINE maximises) with a critic ``f(x, y) = T(x)_y``. Because Y is
+  discrete, expectations under the product of marginals are summed exactly over the K labels
+  weighted by the label prior instead of shuffling pairs.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def exact_mutual_information(
     """Exact I(X;Y) in nats of ``x | y=k ~ N(means[k] · 1_dim, I_dim)`` with ``P(y=k) ∝ priors[k]``.
 
     Reduces to the 1-D mixture with means ``means[k] · √dim`` and unit variance, then integrates
-    ``Σ_k p_k ∫ N(t; μ_k, 1) log[N(t; μ_k, 1) / Σ_j p_j N(t; μ_j, 1)] dt`` by the trapezoidal rule on
-    ``grid_points`` points spanning 12 standard deviations beyond the extreme means.
+    ``Σ_k p_k ∫ N(t; μ_k, 1) log[N(t; μ_k, 1) / Σ_j p_j N(t; μ_j, 1)] dt`` by the trapezoidal rule
+    on ``grid_points`` points spanning 12 standard deviations beyond the extreme means.
     """
     if len(means) != len(priors):
         raise ValueError(f"{len(means)} means but {len(priors)} priors")
@@ -109,7 +109,7 @@ def pc_softmax_mi_estimate(
 
 
 def infonce_bound(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """InfoNCE lower bound (nats) of a batch of N pairs with critic ``f(x_i, y_j) = scores[i, y_j]``.
+    """InfoNCE lower bound (nats) of N pairs with the critic ``f(x_i, y_j) = scores[i, y_j]``.
 
     ``mean_i [f(x_i, y_i) − log (1/N) Σ_j exp f(x_i, y_j)]``. With a discrete Y the inner sum groups
     by label: ``(1/N) Σ_j exp f(x_i, y_j) = Σ_k p̂_k exp scores[i, k]`` with the batch frequencies p̂,
@@ -130,7 +130,7 @@ def infonce_bound(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _log_marginal_term(scores: torch.Tensor, priors: Sequence[float]) -> torch.Tensor:
-    """``[N]`` values of log Σ_k p_k exp scores[i, k] (the product-of-marginals expectation over y)."""
+    """``[N]`` values log Σ_k p_k exp scores[i, k] (product-of-marginals expectation over y)."""
     log_p = torch.as_tensor(np.log(_normalised(priors)), dtype=scores.dtype, device=scores.device)
     return torch.logsumexp(scores + log_p, dim=1)
 

@@ -101,7 +101,7 @@ def load_digit_localisation(
     ink = np.kron(ink, np.ones((1, scale, scale)))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ink))
-    cut = int(round(len(ink) * test_fraction))
+    cut = round(len(ink) * test_fraction)
     test_pool, train_pool = order[:cut], order[cut:]
     sets = []
     for pool, count in ((train_pool, num_train), (test_pool, num_test)):

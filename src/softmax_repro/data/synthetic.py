@@ -1,7 +1,7 @@
 """Gaussian class mixtures whose mutual information I(X;Y) is known (Qin et al.'s synthetic setup).
 
-Class ``k`` draws ``x ~ N(m_k · 1_d, I_d)`` with a scalar offset ``m_k``; the paper uses five classes
-with ``m = (0, +2, −2, +4, −4)``, 10,000 training points per class (balanced) or
+Class ``k`` draws ``x ~ N(m_k · 1_d, I_d)`` with a scalar offset ``m_k``; the paper uses five
+classes with ``m = (0, +2, −2, +4, −4)``, 10,000 training points per class (balanced) or
 5k/10k/15k/20k/25k (imbalanced), and a test set of one fifth of the training counts.
 """
 

@@ -321,3 +321,27 @@ def hub_text_splits(name: str, data_files: Sequence[str | Path] | None = None,
                 tokens.append(EOS)
         streams[split] = tokens
     return streams
+
+
+def oracle_nll(language: PolysemousLanguage, rows: Tensor) -> Tensor:
+    """Bayes-optimal per-token NLL (nats) ``[B, L - 1]`` of ``rows[B, L]`` (from :func:`batchify`).
+
+    Exact filtering over concepts: each row starts from a uniform belief over the concepts that
+    emit its first word; the predictive distribution of the next word sums the next-concept
+    probabilities of the word's concepts. The floor any model of the language can reach (up to
+    the uniform start).
+    """
+    words = rows.numpy()
+    transition = np.zeros((language.num_concepts, language.num_concepts))
+    np.put_along_axis(transition, language.successors, language.probs, axis=1)
+    emits = language.concept_word[None, :] == words[:, :1]  # [B, C]
+    belief = emits / emits.sum(axis=1, keepdims=True)
+    out = np.empty((words.shape[0], words.shape[1] - 1))
+    for t in range(1, words.shape[1]):
+        predictive = belief @ transition
+        emits = language.concept_word[None, :] == words[:, t : t + 1]
+        joint = predictive * emits
+        prob = joint.sum(axis=1)
+        out[:, t - 1] = -np.log(prob)
+        belief = joint / prob[:, None]
+    return torch.from_numpy(out)

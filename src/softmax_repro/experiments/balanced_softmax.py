@@ -1,195 +1,524 @@
-"""Chapter 01: long-tailed recognition with Balanced Softmax (Ren et al. 2020).
+"""Chapter 01: long-tailed recognition with Balanced Softmax and BALMS (Ren et al. 2020).
 
-Trains the same model on a long-tailed training set with each loss and evaluates top-1 accuracy on
-a balanced test set, over seeds. Rows: ``dataset, imbalance, method, seed, metric, value``.
+Each run long-tails a balanced training set with its seed (class ``y`` keeps
+``int(n_max · IF^(−y/(C−1)))`` examples), trains a model with one method and evaluates it on the
+balanced test set. Methods (names as in the rows):
+
+- end-to-end: ``softmax`` (CE), ``balanced_softmax`` (BS, Eq. 4), ``balanced_softmax_quarter``
+  (BS with ``n^{1/4}``, Eq. 10), ``cb_reweighting`` (CE weighted ``∝ 1/n_y``), ``cb_sampling`` (CE,
+  class-balanced sampler), ``focal`` (focal loss), ``bs_cb_sampling`` (BS + class-balanced sampler:
+  the over-balanced combination, Eq. 11–12);
+- ``posthoc_adjustment``: the ``softmax`` model with ``log prior`` subtracted at test time (LADE's
+  "PC softmax"; no extra training);
+- decoupled (classifier re-initialised and re-trained on the frozen features of the ``softmax``
+  model, as in the official code): ``bs_decoupled`` (BS, instance sampling),
+  ``bs_cb_sampling_decoupled`` (BS + class-balanced sampler) and ``balms`` (BS + meta sampler).
+
+Theorem 1 runs on Gaussian classes with exact posteriors (:mod:`softmax_repro.bayes_posterior`).
+
+Rows: ``dataset, imbalance, method, seed, metric, value`` with metrics ``top1``; ``many``,
+``medium``, ``few`` (mean per-class accuracy over the first, middle and last third of the classes
+by training count); ``class_accuracy`` (with ``class_index`` and ``class_count``); the derived
+per-seed contrasts ``gain_growth`` and ``few_minus_many_gain`` (see :func:`derived_rows`); and for
+``gaussian-lt`` ``tv_balanced``, ``tv_shifted`` and the binned ``tail_posterior`` (with
+``exact_bin``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import itertools
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from softmax_repro import losses, metrics, results, training
+from softmax_repro import bayes_posterior, losses, meta_sampler, metrics, results, training
 from softmax_repro.config import (
     BaseConfig,
     ConfigError,
     check_choice,
+    check_in_range,
     check_int,
     check_positive,
     check_subset,
 )
-from softmax_repro.config import (
-    make_config as _make_config,
-)
-from softmax_repro.data import longtail
+from softmax_repro.config import make_config as _make_config
+from softmax_repro.data import hub, longtail
+from softmax_repro.data.digits import load_digits_split
 from softmax_repro.data.mnist1d import Split, load_mnist1d
-from softmax_repro.models import CNN1D, MLP
+from softmax_repro.models import CNN1D, MLP, ResNetCifar
 from softmax_repro.timing import PhaseTimer
 
 CHAPTER = "01_balanced_softmax"
-DATASETS = ("mnist1d",)
-METHODS = ("softmax", "balanced_softmax")
-MODELS = ("cnn1d", "mlp")
+DATASETS = ("mnist1d", "digits", "cifar10", "cifar100")
+END_TO_END = ("softmax", "balanced_softmax", "balanced_softmax_quarter", "cb_reweighting",
+              "cb_sampling", "focal", "bs_cb_sampling")
+FROM_SOFTMAX = ("posthoc_adjustment", "bs_decoupled", "bs_cb_sampling_decoupled", "balms")
+METHODS = END_TO_END + FROM_SOFTMAX
+MODELS = ("cnn1d", "mlp", "resnet32")
+SHOT_GROUPS = ("many", "medium", "few")
+POSTERIOR_BINS = 10
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    """Chapter 01 settings.
+    """Chapter 01 settings (every field can be overridden from the notebook).
 
     Attributes:
-        datasets: embedded datasets to make long-tailed.
-        imbalances: imbalance factors n_max / n_min (>= 1).
-        methods: losses to compare.
-        n_max: training examples of the largest class.
+        datasets: balanced sources to long-tail: ``mnist1d``, ``digits`` (embedded) or ``cifar10``,
+            ``cifar100`` (HuggingFace hub, ``paper`` profile).
+        imbalances: imbalance factors n_max / n_min (>= 1) for every dataset except Digits.
+        digits_imbalances: imbalance factors for Digits (its largest class has ~125 training
+            examples, so IF 200 would leave the tail class empty).
+        methods: methods to run (see the module docstring).
+        n_max: training examples of the largest class (``None``: all of them) for every dataset
+            except Digits; ``digits_n_max`` for Digits.
         num_samples: MNIST-1D sequences generated (80% train, 20% test).
-        model: ``cnn1d`` or ``mlp``.
-        epochs: passes over the long-tailed training set.
-        batch_size: examples per SGD step.
-        lr: peak learning rate (SGD, momentum 0.9, cosine schedule).
-        weight_decay: L2 penalty.
+        model: ``cnn1d`` or ``mlp`` for MNIST-1D; Digits always uses an MLP, CIFAR ``resnet32``.
+        steps, batch_size, lr, weight_decay, warmup_steps, nesterov: end-to-end SGD (momentum 0.9,
+            linear warm-up from ``lr/2`` then cosine to 0).
+        digits_hidden, digits_steps, digits_batch_size, digits_lr: the Digits MLP and its training.
+        focal_gamma: focal-loss exponent γ.
+        decoupled_steps, decoupled_batch_size, decoupled_lr: classifier re-training on frozen
+            features (SGD momentum 0.9, cosine); ``decoupled_lr`` is also the meta sampler's inner
+            step size.
+        meta_lr, meta_set_size, meta_init_power: the meta sampler's Adam learning rate, its
+            class-balanced meta set (drawn from the training set) and its initial rates
+            ``∝ n^(1 − meta_init_power)``.
+        gauss_imbalances: imbalance factors of the Theorem 1 problem (empty: skip it).
+        gauss_classes, gauss_dim, gauss_separation, gauss_n_max, gauss_test_size, gauss_steps:
+            the Gaussian-class problem and its linear softmax (Adam, full convergence wanted).
+        hub_data_dir: folder with ``<dataset>/<split>*.parquet`` in the hub schema; ``None`` loads
+            the hub ids of :data:`softmax_repro.data.hub.HUB_IMAGE_DATASETS`.
     """
 
-    datasets: tuple[str, ...] = DATASETS
-    imbalances: tuple[float, ...] = (100,)
+    datasets: tuple[str, ...] = ("mnist1d", "digits")
+    imbalances: tuple[float, ...] = (10, 100, 200)
+    digits_imbalances: tuple[float, ...] = (10, 100)
     methods: tuple[str, ...] = METHODS
-    n_max: int = 4000
+    n_max: int | None = 2000
     num_samples: int = 62_500
     model: str = "cnn1d"
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 0.05
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 0.1
     weight_decay: float = 5e-4
+    warmup_steps: int = 75
+    nesterov: bool = False
+    digits_n_max: int = 120
+    digits_hidden: int = 128
+    digits_steps: int = 300
+    digits_batch_size: int = 64
+    digits_lr: float = 0.05
+    focal_gamma: float = 2.0
+    decoupled_steps: int = 300
+    decoupled_batch_size: int = 128
+    decoupled_lr: float = 0.1
+    meta_lr: float = 0.01
+    meta_set_size: int = 512
+    meta_init_power: float = 0.0
+    gauss_imbalances: tuple[float, ...] = (10, 100, 200)
+    gauss_classes: int = 5
+    gauss_dim: int = 2
+    gauss_separation: float = 2.0
+    gauss_n_max: int = 5000
+    gauss_test_size: int = 2000
+    gauss_steps: int = 1000
+    hub_data_dir: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_subset("datasets", self.datasets, DATASETS)
         check_subset("methods", self.methods, METHODS)
-        if not self.imbalances:
+        if self.n_max is not None:
+            check_int("n_max", self.n_max, 1)
+        check_int("digits_n_max", self.digits_n_max, 1)
+        if not self.imbalances and set(self.datasets) - {"digits"}:
             raise ConfigError("imbalances is empty; give at least one imbalance factor >= 1")
-        for factor in self.imbalances:
-            longtail.longtail_counts(self.n_max, 10, factor)
-        check_int("n_max", self.n_max, 1)
+        for factor in self.imbalances:  # n_max=None: checked against the data when loaded
+            longtail.longtail_counts(self.n_max or 10**9, 10, factor)
+        if "digits" in self.datasets and not self.digits_imbalances:
+            raise ConfigError("digits_imbalances is empty; give at least one factor >= 1")
+        for factor in self.digits_imbalances:
+            longtail.longtail_counts(self.digits_n_max, 10, factor)
         check_int("num_samples", self.num_samples, 100)
         check_choice("model", self.model, MODELS)
-        check_int("epochs", self.epochs, 1)
-        check_int("batch_size", self.batch_size, 1)
-        check_positive("lr", self.lr)
+        for name in ("steps", "batch_size", "digits_hidden", "digits_steps", "digits_batch_size",
+                     "decoupled_steps", "decoupled_batch_size", "meta_set_size", "gauss_classes",
+                     "gauss_dim", "gauss_n_max", "gauss_test_size", "gauss_steps"):
+            check_int(name, getattr(self, name), 1)
+        check_int("warmup_steps", self.warmup_steps, 0)
+        for name in ("lr", "digits_lr", "decoupled_lr", "meta_lr", "gauss_separation"):
+            check_positive(name, getattr(self, name))
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("focal_gamma", self.focal_gamma, allow_zero=True)
+        check_in_range("meta_init_power", self.meta_init_power, 0.0, 2.0)
+        for factor in self.gauss_imbalances:
+            longtail.longtail_counts(self.gauss_n_max, self.gauss_classes, factor)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {"seeds": (0, 1), "num_samples": 5000, "n_max": 300, "epochs": 2},
+    "smoke": {"seeds": (0, 1), "num_samples": 5000, "n_max": 100, "imbalances": (10, 100),
+              "steps": 30, "digits_n_max": 100, "digits_steps": 30, "decoupled_steps": 20,
+              "meta_set_size": 64, "gauss_imbalances": (100,), "gauss_n_max": 500,
+              "gauss_steps": 50, "gauss_test_size": 200},
     "cpu": {"seeds": (0, 1, 2, 3, 4)},
-    "paper": {"seeds": (0, 1, 2), "epochs": 200},
+    "paper": {"seeds": (0, 1, 2), "datasets": ("cifar10", "cifar100"), "n_max": None,
+              "model": "resnet32", "steps": 13_000, "batch_size": 512, "lr": 0.1,
+              "warmup_steps": 800, "nesterov": True, "decoupled_steps": 2000,
+              "decoupled_batch_size": 512, "decoupled_lr": 0.1},
 }
 
 
-def make_config(
-    profile: str = "cpu",
-    seeds: Any = None,
-    device: str = "auto",
-    overrides: dict[str, Any] | None = None,
-) -> Config:
+def make_config(profile: str = "cpu", seeds: Any = None, device: str = "auto",
+                overrides: dict[str, Any] | None = None) -> Config:
     """A validated :class:`Config` from a profile plus overrides."""
     return _make_config(Config, PROFILES, profile, seeds, device, overrides)
 
 
 @dataclasses.dataclass(frozen=True)
 class ChapterResult:
-    """The chapter's rows (one per run and metric) and their provenance."""
+    """The chapter's rows (one per run, method and metric) and their provenance."""
 
     rows: pd.DataFrame
     provenance: dict[str, Any]
 
 
-def build_loss(method: str, class_counts: list[int]) -> Callable[[Tensor, Tensor], Tensor]:
-    """The training loss of ``method`` for a training set with ``class_counts``."""
-    if method == "balanced_softmax":
-        return losses.BalancedSoftmaxLoss(class_counts)
+# ---------------------------------------------------------------------------------------------
+# data and models
+
+
+def load_source(name: str, config: Config) -> Split:
+    """The balanced source data of ``name`` (long-tailing happens per run)."""
+    if name == "mnist1d":
+        return load_mnist1d(config.num_samples, seed=42)
+    if name == "digits":
+        return load_digits_split(test_fraction=0.3, seed=0)
+    files: dict[str, list[str] | None] = {"train": None, "test": None}
+    if config.hub_data_dir is not None:
+        for split in files:
+            found = sorted(glob.glob(str(Path(config.hub_data_dir) / name / f"{split}*.parquet")))
+            if not found:
+                raise FileNotFoundError(f"no {split}*.parquet in {Path(config.hub_data_dir) / name}")
+            files[split] = found
+    x_tr, y_tr = hub.load_hub_images(name, "train", data_files=files["train"])
+    x_te, y_te = hub.load_hub_images(name, "test", data_files=files["test"])
+    mean, std = x_tr.mean(dim=(0, 2, 3), keepdim=True), x_tr.std(dim=(0, 2, 3), keepdim=True)
+    return Split((x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te)
+
+
+def num_classes_of(name: str) -> int:
+    """Classes of a source dataset."""
+    return 100 if name == "cifar100" else 10
+
+
+def train_counts(name: str, config: Config, data: Split, imbalance: float) -> list[int]:
+    """Per-class training counts of the long-tailed set."""
+    classes = num_classes_of(name)
+    if name == "digits":
+        return longtail.longtail_counts(config.digits_n_max, classes, imbalance)
+    n_max = config.n_max
+    if n_max is None:
+        n_max = int(torch.bincount(data.y_train, minlength=classes).min())
+    return longtail.longtail_counts(n_max, classes, imbalance)
+
+
+def build_model(name: str, config: Config, in_dim: int) -> nn.Module:
+    """The end-to-end model for dataset ``name``."""
+    classes = num_classes_of(name)
+    if name == "digits":
+        return MLP(in_dim, config.digits_hidden, classes, depth=2)
+    if name in ("cifar10", "cifar100"):
+        return ResNetCifar(32, classes)
+    if config.model == "mlp":
+        return MLP(in_dim, 256, classes, depth=2)
+    return CNN1D(classes)
+
+
+def train_spec(name: str, config: Config) -> training.TrainSpec:
+    """The end-to-end schedule for dataset ``name``."""
+    if name == "digits":
+        return training.TrainSpec(steps=config.digits_steps, batch_size=config.digits_batch_size,
+                                  lr=config.digits_lr, weight_decay=config.weight_decay,
+                                  schedule="cosine")
+    return training.TrainSpec(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                              nesterov=config.nesterov, weight_decay=config.weight_decay,
+                              warmup_steps=config.warmup_steps, warmup_start_lr=config.lr / 2,
+                              schedule="cosine")
+
+
+def decoupled_spec(config: Config) -> training.TrainSpec:
+    """The classifier re-training schedule."""
+    return training.TrainSpec(steps=config.decoupled_steps, batch_size=config.decoupled_batch_size,
+                              lr=config.decoupled_lr, weight_decay=config.weight_decay,
+                              schedule="cosine")
+
+
+# ---------------------------------------------------------------------------------------------
+# methods
+
+
+def build_loss(method: str, counts: list[int], config: Config) -> Callable[[Tensor, Tensor], Tensor]:
+    """The training loss of an end-to-end or decoupled ``method``."""
+    if method in ("balanced_softmax", "bs_cb_sampling", "bs_decoupled",
+                  "bs_cb_sampling_decoupled", "balms"):
+        return losses.BalancedSoftmaxLoss(counts)
+    if method == "balanced_softmax_quarter":
+        return losses.BalancedSoftmaxLoss(counts, power=0.25)
+    if method == "cb_reweighting":
+        return losses.WeightedCrossEntropy(losses.class_balanced_weights(counts))
+    if method == "focal":
+        return losses.FocalLoss(config.focal_gamma)
     return losses.softmax_cross_entropy
 
 
-def build_model(config: Config, in_dim: int, num_classes: int) -> nn.Module:
-    """The chapter's classifier."""
-    if config.model == "mlp":
-        return MLP(in_dim, 256, num_classes, depth=2)
-    return CNN1D(num_classes)
+def uses_cb_sampler(method: str) -> bool:
+    """Whether ``method`` draws training examples class-balanced (``∝ 1/n_y``)."""
+    return method in ("cb_sampling", "bs_cb_sampling", "bs_cb_sampling_decoupled")
 
 
-def load_dataset(name: str, config: Config) -> Split:
-    """The balanced source data of ``name`` (long-tailing happens per run)."""
-    return load_mnist1d(config.num_samples, seed=42)
+def fit_balms(classifier: nn.Module, features: Tensor, labels: Tensor, counts: list[int],
+              config: Config, seed: int) -> dict[str, float]:
+    """Re-train ``classifier`` on frozen ``features`` ``[N, D]`` with BS and the meta sampler.
+
+    Every step draws a batch from the learned class rates, takes one meta step on the rates
+    (:func:`softmax_repro.meta_sampler.meta_step`) and then one ordinary step of the classifier on
+    the same batch (through :func:`softmax_repro.training.fit`). Returns the final rates of the
+    first and last class (for the record).
+    """
+    classes = len(counts)
+    generator = torch.Generator().manual_seed(seed)
+    sampler = meta_sampler.MetaSampler(counts, init_power=config.meta_init_power)
+    meta_optimizer = torch.optim.Adam(sampler.parameters(), lr=config.meta_lr)
+    groups = meta_sampler.index_by_class(labels, classes)
+    meta_idx = meta_sampler.class_balanced_indices(labels, classes, config.meta_set_size, generator)
+    meta_x, meta_y = features[meta_idx], labels[meta_idx]
+    loss_fn = build_loss("balms", counts, config)
+    spec = decoupled_spec(config)
+    steps_per_epoch = math.ceil(labels.numel() / spec.batch_size)
+
+    def make_batches(epoch: int) -> Iterator[tuple[Tensor, ...]]:
+        for _ in range(steps_per_epoch):
+            draw = sampler.draw(spec.batch_size, generator)
+            idx = meta_sampler.draw_examples(draw.classes, groups, generator)
+            yield features[idx], labels[idx], draw.weights
+
+    def compute_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        x, y, weights = batch
+        meta_sampler.meta_step(sampler, meta_optimizer, model, loss_fn, x, y, weights,
+                               meta_x, meta_y, inner_lr=config.decoupled_lr)
+        return loss_fn(model(x), y)
+
+    training.fit(classifier, compute_loss, make_batches, spec, steps_per_epoch=steps_per_epoch)
+    rates = sampler.rates().detach()
+    return {"head_rate": float(rates[0]), "tail_rate": float(rates[-1])}
 
 
-def train_and_evaluate(
-    config: Config, data: Split, imbalance: float, method: str, seed: int, device: torch.device
-) -> dict[str, float]:
-    """One run: long-tail the training set with ``seed``, train ``method``, return metrics."""
-    num_classes = int(data.y_train.max()) + 1
-    counts = longtail.longtail_counts(config.n_max, num_classes, imbalance)
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def shot_groups(counts: list[int]) -> dict[str, list[int]]:
+    """Classes split by training count into thirds: ``many`` (the ``C // 3`` largest), ``few``
+    (the ``C // 3`` smallest) and ``medium`` (the rest); ties keep class order."""
+    order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    third = len(counts) // 3
+    return {"many": sorted(order[:third]), "medium": sorted(order[third:len(counts) - third]),
+            "few": sorted(order[len(counts) - third:])}
+
+
+def evaluate(logits: Tensor, target: Tensor, counts: list[int]) -> list[dict[str, Any]]:
+    """Rows (without setting columns) of top-1, many/medium/few and per-class accuracy."""
+    per_class = metrics.per_class_accuracy(logits, target, len(counts))
+    rows: list[dict[str, Any]] = [{"metric": "top1", "value": metrics.accuracy(logits, target)}]
+    for group, members in shot_groups(counts).items():
+        rows.append({"metric": group, "value": float(np.mean(per_class[members]))})
+    rows += [{"metric": "class_accuracy", "value": float(acc), "class_index": c,
+              "class_count": counts[c]} for c, acc in enumerate(per_class)]
+    return rows
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Frozen features ``[N, D]`` of ``model`` (eval mode) on CPU."""
+    device = next(model.parameters()).device
+    model.eval()
+    return torch.cat([model.features(x[i : i + batch_size].to(device)).cpu()
+                      for i in range(0, x.shape[0], batch_size)])
+
+
+# ---------------------------------------------------------------------------------------------
+# one run
+
+
+def run_image(config: Config, data: Split, run: dict[str, Any], device: torch.device,
+              ) -> list[dict[str, Any]]:
+    """One end-to-end run (and, for ``softmax``, the methods derived from its model)."""
+    name, imbalance, seed, method = run["dataset"], run["imbalance"], run["seed"], run["method"]
+    counts = train_counts(name, config, data, imbalance)
     idx = longtail.subsample_longtail(data.y_train, counts, seed)
+    x, y = data.x_train[idx], data.y_train[idx]
+    setting = {"dataset": f"{name}-lt", "imbalance": imbalance, "seed": seed}
     training.seed_everything(seed)
-    model = build_model(config, data.x_train.shape[1], num_classes)
-    spec = training.TrainSpec(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        schedule="cosine",
-    )
-    training.fit_classifier(
-        model,
-        build_loss(method, counts),
-        data.x_train[idx],
-        data.y_train[idx],
-        spec,
-        seed=seed,
-        device=device,
-    )
+    model = build_model(name, config, x[0].numel() if x.ndim == 2 else x.shape[1])
+    weights = losses.class_balanced_sample_weights(y, len(counts)) if uses_cb_sampler(method) \
+        else None
+    start = time.perf_counter()
+    training.fit_classifier(model, build_loss(method, counts, config), x, y,
+                            train_spec(name, config), seed=seed, device=device,
+                            sample_weights=weights)
     logits = training.predict(model, data.x_test, device=device)
-    return {"top1": metrics.accuracy(logits, data.y_test)}
+    wall = time.perf_counter() - start
+    rows = [{**setting, "method": method, "wall_s": wall, **r}
+            for r in evaluate(logits, data.y_test, counts)]
+    if method != "softmax":
+        return rows
+    derived = [m for m in FROM_SOFTMAX if m in config.methods]
+    if "posthoc_adjustment" in derived:
+        adjusted = losses.posthoc_logit_adjustment(logits, counts)
+        rows += [{**setting, "method": "posthoc_adjustment", "wall_s": wall, **r}
+                 for r in evaluate(adjusted, data.y_test, counts)]
+    decoupled = [m for m in derived if m != "posthoc_adjustment"]
+    if not decoupled:
+        return rows
+    feats, feats_test = extract_features(model, x), extract_features(model, data.x_test)
+    for offset, dmethod in enumerate(decoupled):
+        start = time.perf_counter()
+        training.seed_everything(seed * 1000 + offset)
+        classifier = nn.Linear(feats.shape[1], len(counts))
+        if dmethod == "balms":
+            fit_balms(classifier, feats, y, counts, config, seed)
+        else:
+            cb = losses.class_balanced_sample_weights(y, len(counts)) if uses_cb_sampler(dmethod) \
+                else None
+            training.fit_classifier(classifier, build_loss(dmethod, counts, config), feats, y,
+                                    decoupled_spec(config), seed=seed, device=torch.device("cpu"),
+                                    sample_weights=cb)
+        with torch.inference_mode():
+            dlogits = classifier(feats_test)
+        wall_d = time.perf_counter() - start
+        rows += [{**setting, "method": dmethod, "wall_s": wall_d, **r}
+                 for r in evaluate(dlogits, data.y_test, counts)]
+    return rows
+
+
+def run_gaussian(config: Config, run: dict[str, Any], device: torch.device,
+                 ) -> list[dict[str, Any]]:
+    """Theorem 1: a linear softmax on long-tailed Gaussian classes, distance to exact posteriors.
+
+    The class means are fixed (seed 0); each run samples its own training and test points.
+    """
+    imbalance, seed, method = run["imbalance"], run["seed"], run["method"]
+    problem = bayes_posterior.make_gaussian_classes(config.gauss_classes, config.gauss_dim,
+                                                    config.gauss_separation, seed=0)
+    counts = longtail.longtail_counts(config.gauss_n_max, config.gauss_classes, imbalance)
+    generator = torch.Generator().manual_seed(seed)
+    x, y = problem.sample(counts, generator)
+    x_test, _ = problem.sample([config.gauss_test_size] * config.gauss_classes, generator)
+    training.seed_everything(seed)
+    model = nn.Linear(config.gauss_dim, config.gauss_classes)
+    spec = training.TrainSpec(steps=config.gauss_steps, batch_size=1024, lr=0.05,
+                              optimizer="adam", schedule="cosine")
+    loss = losses.BalancedSoftmaxLoss(counts) if method == "balanced_softmax" \
+        else losses.softmax_cross_entropy
+    start = time.perf_counter()
+    training.fit_classifier(model, loss, x, y, spec, seed=seed, device=device)
+    predicted = training.predict(model, x_test, device=device).softmax(dim=1)
+    wall = time.perf_counter() - start
+    loglik = problem.log_likelihood(x_test)
+    balanced = bayes_posterior.exact_posterior(loglik, torch.ones(config.gauss_classes))
+    shifted = bayes_posterior.exact_posterior(loglik, torch.as_tensor(counts, dtype=torch.float64))
+    setting = {"dataset": "gaussian-lt", "imbalance": imbalance, "seed": seed, "method": method,
+               "wall_s": wall}
+    rows = [{**setting, "metric": "tv_balanced",
+             "value": float(bayes_posterior.total_variation(predicted, balanced).mean())},
+            {**setting, "metric": "tv_shifted",
+             "value": float(bayes_posterior.total_variation(predicted, shifted).mean())}]
+    tail = config.gauss_classes - 1
+    bins = torch.clamp((balanced[:, tail] * POSTERIOR_BINS).long(), max=POSTERIOR_BINS - 1)
+    for b in range(POSTERIOR_BINS):
+        members = bins == b
+        if members.any():
+            rows.append({**setting, "metric": "tail_posterior", "exact_bin": (b + 0.5) / POSTERIOR_BINS,
+                         "value": float(predicted[members, tail].double().mean())})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# the chapter
+
+
+def derived_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per-seed contrasts of Balanced Softmax over Softmax (method ``balanced_softmax``):
+
+    - ``gain_growth`` (per dataset and seed): top-1 gain at the largest imbalance factor minus the
+      gain at the smallest (``imbalance`` = the largest factor);
+    - ``few_minus_many_gain`` (per dataset, imbalance and seed): few-shot gain minus many-shot gain.
+    """
+    out: list[dict[str, Any]] = []
+    if rows.empty or not {"softmax", "balanced_softmax"} <= set(rows["method"]):
+        return out
+    keys = ["dataset", "imbalance", "seed"]
+    wide = rows[rows["method"].isin(["softmax", "balanced_softmax"])
+                & rows["metric"].isin(["top1", "many", "few"])]
+    wide = wide.pivot_table(index=keys, columns=["metric", "method"], values="value")
+    gain = {m: wide[(m, "balanced_softmax")] - wide[(m, "softmax")] for m in ("top1", "many", "few")}
+    for (dataset, imbalance, seed), value in (gain["few"] - gain["many"]).items():
+        out.append({"dataset": dataset, "imbalance": imbalance, "seed": seed,
+                    "method": "balanced_softmax", "metric": "few_minus_many_gain",
+                    "value": float(value)})
+    top1 = gain["top1"].reset_index(name="gain")
+    for (dataset, seed), group in top1.groupby(["dataset", "seed"]):
+        if group["imbalance"].nunique() < 2:
+            continue
+        group = group.sort_values("imbalance")
+        out.append({"dataset": dataset, "imbalance": group["imbalance"].iloc[-1], "seed": seed,
+                    "method": "balanced_softmax", "metric": "gain_growth",
+                    "value": float(group["gain"].iloc[-1] - group["gain"].iloc[0])})
+    return out
+
+
+def grid(config: Config) -> list[dict[str, Any]]:
+    """Run descriptions: one per (dataset, imbalance, end-to-end method, seed), plus Theorem 1."""
+    end_to_end = [m for m in END_TO_END if m in config.methods]
+    if any(m in config.methods for m in FROM_SOFTMAX) and "softmax" not in end_to_end:
+        end_to_end.insert(0, "softmax")
+    runs = []
+    for name in config.datasets:
+        factors = config.digits_imbalances if name == "digits" else config.imbalances
+        runs += [{"dataset": name, "imbalance": f, "method": m, "seed": s}
+                 for f, m, s in itertools.product(factors, end_to_end, config.seeds)]
+    gauss_methods = [m for m in ("softmax", "balanced_softmax") if m in config.methods]
+    runs += [{"dataset": "gaussian", "imbalance": f, "method": m, "seed": s}
+             for f, m, s in itertools.product(config.gauss_imbalances, gauss_methods, config.seeds)]
+    return runs
 
 
 def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
-    """Every (dataset, imbalance, method, seed) run; rows written to the results file."""
+    """Every run of :func:`grid`; rows (plus :func:`derived_rows`) written to the results file."""
     device = training.resolve_device(config.device)
     started, timer = results.now(), PhaseTimer()
     with timer("data"):
-        sources = {name: load_dataset(name, config) for name in config.datasets}
-    grid = [
-        {"dataset": d, "imbalance": i, "method": m, "seed": s}
-        for d, i, m, s in itertools.product(
-            config.datasets, config.imbalances, config.methods, config.seeds
-        )
-    ]
+        sources = {name: load_source(name, config) for name in config.datasets}
 
     def run_one(run: dict[str, Any]) -> list[dict[str, Any]]:
-        scores = train_and_evaluate(
-            config, sources[run["dataset"]], run["imbalance"], run["method"], run["seed"], device
-        )
-        return [
-            {**run, "dataset": f"{run['dataset']}-lt", "metric": k, "value": v}
-            for k, v in scores.items()
-        ]
+        if run["dataset"] == "gaussian":
+            return run_gaussian(config, run, device)
+        return run_image(config, sources[run["dataset"]], run, device)
 
     with timer("train+evaluate"):
-        rows = training.run_grid(grid, run_one, chapter=CHAPTER)
+        rows = training.run_grid(grid(config), run_one, chapter=CHAPTER)
+    rows += derived_rows(pd.DataFrame.from_records(rows))
     wall = sum(timer.seconds.values())
-    path = results.write_results(
-        CHAPTER,
-        config,
-        rows,
-        results_dir=results_dir,
-        started=started,
-        wall_s=wall,
-        device=device,
-        timings=timer.as_dict(),
-    )
+    path = results.write_results(CHAPTER, config, rows, results_dir=results_dir, started=started,
+                                 wall_s=wall, device=device, timings=timer.as_dict())
     frame, provenance = results.read_results(path)
     return ChapterResult(frame, provenance)

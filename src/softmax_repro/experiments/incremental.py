@@ -303,8 +303,8 @@ def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
 
         with timer("train+evaluate"):
             rows = training.run_grid(grid, run_one, chapter=CHAPTER)
-    path = results.write_results(CHAPTER, config, rows, results_dir=results_dir, started=started,
-                                 wall_s=sum(timer.seconds.values()), device=device,
-                                 timings=timer.as_dict())
+        path = results.write_results(CHAPTER, config, rows, results_dir=results_dir,
+                                     started=started, wall_s=sum(timer.seconds.values()),
+                                     device=device, timings=timer.as_dict())
     frame, provenance = results.read_results(path)
     return ChapterResult(frame, provenance)

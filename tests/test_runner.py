@@ -1,0 +1,122 @@
+"""The runner: staleness hashing, output cleaning, atomic execution and failure handling."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from softmax_repro import runner
+from softmax_repro.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOOD_SOURCE = """
+from softmax_repro import results
+from softmax_repro.experiments import balanced_softmax
+config = balanced_softmax.make_config(profile)
+results.write_results("01_toy", config, [{"method": "m", "seed": 0, "metric": "x", "value": 1.0}],
+                      results_dir=results_dir, started=results.now(), wall_s=0.0, device="cpu")
+print("progress 1/2\\rprogress 2/2\\rdone")
+"""
+
+
+def _notebook(source: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(
+        'profile = "cpu"\nseeds = None\ndevice = "auto"\noverrides = {}\nresults_dir = "results"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {"name": runner.KERNEL_NAME, "display_name": "Python",
+                                 "language": "python"}
+    return nb
+
+
+@pytest.fixture
+def toy_root(tmp_path):
+    """A minimal repository: one notebook, a copy of src/ and data/ (for the hash)."""
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(_notebook(GOOD_SOURCE), tmp_path / "notebooks" / "01_toy.ipynb")
+    shutil.copytree(ROOT / "src", tmp_path / "src")
+    shutil.copytree(ROOT / "data", tmp_path / "data", ignore=shutil.ignore_patterns("cache"))
+    return tmp_path
+
+
+def _execute(root, **kw):
+    return runner.execute_chapter("01_toy", "smoke", out_dir=root / "book" / "chapters",
+                                  results_dir=root / "results", root=root, **kw)
+
+
+def test_hash_changes_with_notebook_profile_and_library(toy_root):
+    nb = toy_root / "notebooks" / "01_toy.ipynb"
+    base = runner.content_hash(nb, "cpu", "auto", toy_root)
+    assert runner.content_hash(nb, "cpu", "auto", toy_root) == base
+    assert runner.content_hash(nb, "smoke", "auto", toy_root) != base
+    assert runner.content_hash(nb, "cpu", "cpu", toy_root) != base
+    (toy_root / "src" / "softmax_repro" / "losses.py").write_text("# edited\n", "utf-8")
+    assert runner.content_hash(nb, "cpu", "auto", toy_root) != base
+    edited = runner.content_hash(nb, "cpu", "auto", toy_root)
+    with open(toy_root / "data" / "claims.yaml", "a") as handle:
+        handle.write("\n# a comment\n")
+    assert runner.content_hash(nb, "cpu", "auto", toy_root) != edited
+
+
+def test_execute_then_up_to_date_then_failure_keeps_good_outputs(toy_root):
+    assert _execute(toy_root) is True
+    target = toy_root / "book" / "chapters" / "01_toy.ipynb"
+    result = toy_root / "results" / "smoke" / "01_toy.json"
+    assert target.exists() and result.exists()
+    executed = json.loads(target.read_text())
+    assert executed["metadata"]["softmax_repro"]["profile"] == "smoke"
+    stream = executed["cells"][-1]["outputs"][0]["text"]
+    assert "done" in "".join(stream) and "progress" not in "".join(stream)
+    assert not list((toy_root / "results").glob(".staging/*"))
+
+    assert _execute(toy_root) is False  # nothing changed: nothing executes
+
+    good_nb, good_result = target.read_bytes(), result.read_bytes()
+    nbformat.write(_notebook(GOOD_SOURCE + "\nraise RuntimeError('boom')"),
+                   toy_root / "notebooks" / "01_toy.ipynb")
+    with pytest.raises(RuntimeError, match="failed at profile='smoke'|failed at profile=smoke"):
+        _execute(toy_root)
+    failed = toy_root / "failed" / "smoke" / "01_toy.ipynb"
+    assert failed.exists() and "boom" in failed.read_text()
+    assert target.read_bytes() == good_nb and result.read_bytes() == good_result
+
+
+def test_a_notebook_that_writes_no_results_does_not_land(toy_root):
+    nbformat.write(_notebook("x = 1"), toy_root / "notebooks" / "01_toy.ipynb")
+    with pytest.raises(RuntimeError, match="wrote no results file"):
+        _execute(toy_root)
+    assert not (toy_root / "book" / "chapters" / "01_toy.ipynb").exists()
+
+
+def test_unknown_chapter_profile_or_device_is_rejected(toy_root):
+    with pytest.raises(ConfigError, match="NAME='02_nope'"):
+        runner.execute_chapter("02_nope", "smoke", root=toy_root)
+    with pytest.raises(ConfigError, match="PROFILE='tiny'"):
+        runner.execute_chapter("01_toy", "tiny", root=toy_root)
+    with pytest.raises(ConfigError, match="device='gpu0'"):
+        runner.execute_chapter("01_toy", "smoke", device="gpu0", root=toy_root)
+
+
+def test_cli_reports_bad_profile_with_exit_code_2(capsys):
+    assert runner.main(["execute", "--profile", "huge"]) == 2
+    assert "PROFILE='huge'" in capsys.readouterr().err
+
+
+def test_clean_outputs_strips_progress_redraws_and_widgets():
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr",
+                                           text="run:  10%|#\rrun:  50%|#####\rrun: 100%|##|\n"),
+                    nbformat.v4.new_output("display_data", data={
+                        "application/vnd.jupyter.widget-view+json": {"model_id": "x"},
+                        "text/plain": "bar"})]
+    nb.cells = [cell]
+    nb.metadata["widgets"] = {"state": {}}
+    runner.clean_outputs(nb)
+    assert cell.outputs[0]["text"] == "run: 100%|##|\n"
+    assert "application/vnd.jupyter.widget-view+json" not in cell.outputs[1]["data"]
+    assert "widgets" not in nb.metadata
