@@ -16,7 +16,7 @@ export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book chapter execute report html test lint clean
+.PHONY: help setup book chapter verify report html test lint clean
 
 help: ## List the targets with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ chapter: setup ## Re-run one chapter: make chapter NAME=01_balanced_softmax [PRO
 	@test -n "$(NAME)" || { echo "error: NAME is required; one of: $$(ls notebooks | sed 's/.ipynb//' | tr '\n' ' ')"; exit 2; }
 	$(PY) -m softmax_repro.runner execute --profile $(PROFILE) --device $(DEVICE) --name $(NAME) --force \
 		--out-dir $(BOOK)/chapters --results-dir $(RESULTS)
+
+verify: setup ## Re-run chapters (PROFILE=cpu) in a scratch folder; compare every number with results/
+	$(PY) -m softmax_repro.runner verify --profile $(PROFILE) $(if $(NAME),--name $(NAME)) \
+		$(if $(TOLERANCE),--tolerance $(TOLERANCE))
 
 report: setup ## Regenerate the ledger and status pages from results/$(PROFILE)
 	$(PY) -m softmax_repro.runner report --profile $(PROFILE) --book-dir $(BOOK) --results-dir $(RESULTS)

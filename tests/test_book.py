@@ -3,9 +3,11 @@ with warnings as errors, a second `make book` executing nothing, and the HTML op
 Chromium (pages load, figures present, no broken internal links)."""
 
 import http.server
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from functools import partial
@@ -22,9 +24,14 @@ GENERATED = {"ledger.md", "status.md", "_generated", "_build", "chapters"}
 pytestmark = pytest.mark.slow
 
 
+OFFLINE_ENV = {"PYTHONPATH": str(ROOT / "tests" / "offline"), "HF_DATASETS_OFFLINE": "1",
+               "HF_HUB_OFFLINE": "1"}
+
+
 def _make(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run make with every Python process barred from the network (tests/offline)."""
     return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **OFFLINE_ENV})
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +92,13 @@ def test_no_broken_internal_links_and_figures_exist(smoke_book):
                 continue
             target = (page.parent / unquote(parts.path)).resolve()
             assert target.exists(), f"{page.relative_to(html)} links to missing {ref}"
+
+
+def test_offline_guard_blocks_the_network():
+    probe = subprocess.run(
+        [sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80), 1)"],
+        capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=30)
+    assert probe.returncode != 0 and "OfflineViolation" in probe.stderr
 
 
 def _chromium() -> str | None:

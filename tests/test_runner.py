@@ -120,3 +120,20 @@ def test_clean_outputs_strips_progress_redraws_and_widgets():
     assert cell.outputs[0]["text"] == "run: 100%|##|\n"
     assert "application/vnd.jupyter.widget-view+json" not in cell.outputs[1]["data"]
     assert "widgets" not in nb.metadata
+
+
+def test_verify_compares_numbers_exactly_or_within_tolerance():
+    import pandas as pd
+
+    from softmax_repro.verify import compare_rows
+
+    committed = pd.DataFrame({"method": ["a", "b"], "seed": [0, 0], "metric": ["x", "x"],
+                              "value": [0.5, 0.25], "wall_s": [1.0, 2.0]})
+    fresh = committed.assign(wall_s=[9.0, 9.0])
+    assert compare_rows(fresh, committed)["match"].all()
+    drifted = committed.assign(value=[0.5, 0.2501])
+    table = compare_rows(drifted, committed)
+    assert table["match"].tolist() == [True, False]
+    assert compare_rows(drifted, committed, tolerance=1e-3)["match"].all()
+    missing = compare_rows(committed.iloc[:1], committed)
+    assert missing["match"].tolist() == [True, False]

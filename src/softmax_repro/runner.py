@@ -176,6 +176,41 @@ def execute_chapter(
     return True
 
 
+def verify(profile: str, names: Sequence[str], results_dir: Path, tolerance: float) -> int:
+    """Re-execute ``names`` at ``profile`` into a scratch folder and compare with ``results_dir``.
+
+    Prints a table of matches and mismatches; returns 0 when every number matches, else 1.
+    """
+    import pandas as pd
+
+    from softmax_repro.verify import verify_chapter
+
+    for name in names:
+        check_choice("NAME", name, chapter_names())
+    scratch = Path(tempfile.mkdtemp(prefix="verify-"))
+    summary = []
+    for name in names:
+        committed = results_dir / profile / f"{name}.json"
+        if not committed.exists():
+            summary.append({"chapter": name, "numbers": 0, "mismatches": "no committed results"})
+            continue
+        execute_chapter(name, profile, out_dir=scratch / "chapters",
+                        results_dir=scratch / "results", force=True)
+        table = verify_chapter(scratch / "results" / profile / f"{name}.json", committed, profile,
+                               tolerance)
+        bad = table[~table["match"]]
+        if not bad.empty:
+            print(f"mismatches in {name}:\n{bad.to_string(index=False)}")
+        summary.append({"chapter": name, "numbers": len(table), "mismatches": len(bad),
+                        "largest difference": table["difference"].max()})
+    shutil.rmtree(scratch, ignore_errors=True)
+    frame = pd.DataFrame(summary)
+    print(frame.to_string(index=False))
+    ok = all(isinstance(m, int) and m == 0 for m in frame["mismatches"])
+    print("verify: all numbers match" if ok else "verify: MISMATCH", flush=True)
+    return 0 if ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m softmax_repro.runner",
@@ -190,6 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex.add_argument("--force", action="store_true", help="execute even if up to date")
     ex.add_argument("--out-dir", type=Path, default=REPO_ROOT / "book" / "chapters")
     ex.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    ver = sub.add_parser("verify", help="re-execute chapters into a scratch folder and compare "
+                         "every number with the committed results")
+    ver.add_argument("--profile", default="cpu")
+    ver.add_argument("--name", action="append", help="chapter (repeatable; default: all)")
+    ver.add_argument("--tolerance", type=float, default=0.0,
+                     help="largest allowed |fresh − committed| (default 0: bit-identical)")
+    ver.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     rep = sub.add_parser("report", help="generate the ledger and status pages")
     rep.add_argument("--profile", default="cpu")
     rep.add_argument("--book-dir", type=Path, default=REPO_ROOT / "book")
@@ -203,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in write_report(args.profile, args.results_dir, args.book_dir):
                 print(f"[wrote] {path}")
             return 0
+        if args.command == "verify":
+            return verify(args.profile, args.name or chapter_names(), args.results_dir,
+                          args.tolerance)
         check_device(args.device)
         names = args.name or chapter_names()
         for name in names:

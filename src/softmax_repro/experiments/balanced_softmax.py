@@ -129,9 +129,9 @@ class Config(BaseConfig):
     gauss_classes: int = 5
     gauss_dim: int = 2
     gauss_separation: float = 2.0
-    gauss_n_max: int = 5000
+    gauss_n_max: int = 20_000
     gauss_test_size: int = 2000
-    gauss_steps: int = 1000
+    gauss_steps: int = 600
     hub_data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -205,9 +205,10 @@ def load_source(name: str, config: Config) -> Split:
     files: dict[str, list[str] | None] = {"train": None, "test": None}
     if config.hub_data_dir is not None:
         for split in files:
-            found = sorted(glob.glob(str(Path(config.hub_data_dir) / name / f"{split}*.parquet")))
+            folder = Path(config.hub_data_dir) / name
+            found = sorted(glob.glob(str(folder / f"{split}*.parquet")))
             if not found:
-                raise FileNotFoundError(f"no {split}*.parquet in {Path(config.hub_data_dir) / name}")
+                raise FileNotFoundError(f"no {split}*.parquet in {folder}")
             files[split] = found
     x_tr, y_tr = hub.load_hub_images(name, "train", data_files=files["train"])
     x_te, y_te = hub.load_hub_images(name, "test", data_files=files["test"])
@@ -266,7 +267,8 @@ def decoupled_spec(config: Config) -> training.TrainSpec:
 # methods
 
 
-def build_loss(method: str, counts: list[int], config: Config) -> Callable[[Tensor, Tensor], Tensor]:
+def build_loss(method: str, counts: list[int], config: Config,
+               ) -> Callable[[Tensor, Tensor], Tensor]:
     """The training loss of an end-to-end or decoupled ``method``."""
     if method in ("balanced_softmax", "bs_cb_sampling", "bs_decoupled",
                   "bs_cb_sampling_decoupled", "balms"):
@@ -447,7 +449,8 @@ def run_gaussian(config: Config, run: dict[str, Any], device: torch.device,
     for b in range(POSTERIOR_BINS):
         members = bins == b
         if members.any():
-            rows.append({**setting, "metric": "tail_posterior", "exact_bin": (b + 0.5) / POSTERIOR_BINS,
+            rows.append({**setting, "metric": "tail_posterior",
+                         "exact_bin": (b + 0.5) / POSTERIOR_BINS,
                          "value": float(predicted[members, tail].double().mean())})
     return rows
 
@@ -470,7 +473,8 @@ def derived_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
     wide = rows[rows["method"].isin(["softmax", "balanced_softmax"])
                 & rows["metric"].isin(["top1", "many", "few"])]
     wide = wide.pivot_table(index=keys, columns=["metric", "method"], values="value")
-    gain = {m: wide[(m, "balanced_softmax")] - wide[(m, "softmax")] for m in ("top1", "many", "few")}
+    gain = {m: wide[(m, "balanced_softmax")] - wide[(m, "softmax")]
+            for m in ("top1", "many", "few")}
     for (dataset, imbalance, seed), value in (gain["few"] - gain["many"]).items():
         out.append({"dataset": dataset, "imbalance": imbalance, "seed": seed,
                     "method": "balanced_softmax", "metric": "few_minus_many_gain",
