@@ -1,6 +1,7 @@
 """The runner: staleness hashing, output cleaning, atomic execution and failure handling."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -137,3 +138,55 @@ def test_verify_compares_numbers_exactly_or_within_tolerance():
     assert compare_rows(drifted, committed, tolerance=1e-3)["match"].all()
     missing = compare_rows(committed.iloc[:1], committed)
     assert missing["match"].tolist() == [True, False]
+
+
+GRID_SOURCE = """
+import time
+from pathlib import Path
+from softmax_repro import results, training
+from softmax_repro.experiments import balanced_softmax
+log = Path(results_dir).parents[1] / "executed_runs.txt"
+
+def run_one(run):
+    with open(log, "a") as handle:
+        handle.write(f"{run['seed']}\\n")
+    time.sleep(1.5)
+    return [{"method": "m", "seed": run["seed"], "metric": "x", "value": run["seed"] / 7}]
+
+rows = training.run_grid([{"seed": s} for s in range(4)], run_one, chapter="01_toy")
+results.write_results("01_toy", balanced_softmax.make_config(profile), rows,
+                      results_dir=results_dir, started=results.now(), wall_s=0.0, device="cpu")
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_interrupted_chapter_resumes_without_redoing_finished_runs(toy_root, signal_name):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nbformat.write(_notebook(GRID_SOURCE), toy_root / "notebooks" / "01_toy.ipynb")
+    code = ("import sys; from pathlib import Path; from softmax_repro import runner; "
+            "root = Path(sys.argv[1]); runner.execute_chapter('01_toy', 'smoke', "
+            "out_dir=root / 'book' / 'chapters', results_dir=root / 'results', root=root)")
+    log = toy_root / "results" / "executed_runs.txt"
+    target = toy_root / "book" / "chapters" / "01_toy.ipynb"
+    result = toy_root / "results" / "smoke" / "01_toy.json"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(toy_root)], start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().split()) < 3):
+        time.sleep(0.2)
+    os.killpg(proc.pid, getattr(signal, signal_name))
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not target.exists() and not result.exists()  # nothing looks complete
+    started_before = log.read_text().split()
+    assert _execute(toy_root) is True
+    executed = log.read_text().split()
+    rerun = executed[len(started_before):]
+    finished_before = len(started_before) - 1  # the last started run was cut off
+    assert rerun == [str(s) for s in range(finished_before, 4)]
+    rows = json.loads(result.read_text())["rows"]
+    assert [r["value"] for r in rows] == [s / 7 for s in range(4)]
+    assert not list((toy_root / "results" / ".checkpoints").rglob("*.json"))

@@ -12,7 +12,8 @@ Two parts, one results file:
   infoCAM boxes are scored against the known boxes, and the infoCAM region of the true class is
   masked out (information masking) against a same-area mask at a random place.
 
-Rows: ``part, method, seed, metric, value`` plus ``balance, d, n_per_class`` (synthetic).
+Rows: ``part, method, seed, metric, value`` plus ``series`` (``main`` or ``sample_size``),
+``balance``, ``d`` and ``n_per_class`` (synthetic only).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class Config(BaseConfig):
 
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {"seeds": (0, 1), "dims": (1, 5), "n_per_class": 400, "test_per_class": 200,
+    "smoke": {"seeds": (0, 1), "n_per_class": 400, "test_per_class": 200,
               "sample_sizes": (100,), "epochs": 3, "batch_size": 500, "loc_train": 200,
               "loc_test": 100, "cnn_epochs": 1, "cnn_width": 8},
     "cpu": {"seeds": (0, 1, 2, 3, 4)},
@@ -162,15 +163,14 @@ def synthetic_grid(config: Config) -> list[dict[str, Any]]:
     for seed in config.seeds:
         for d in config.dims:
             base = {"part": "synthetic", "d": d, "seed": seed}
+            main = {**base, "series": "main", "n_per_class": config.n_per_class}
             for method in ("softmax", *config.bound_methods):
-                runs.append({**base, "balance": "balanced", "n_per_class": config.n_per_class,
-                             "method": method})
-            for size in config.sample_sizes:
-                runs.append({**base, "balance": "balanced", "n_per_class": size,
-                             "method": "softmax"})
+                runs.append({**main, "balance": "balanced", "method": method})
             for method in IMBALANCED_METHODS:
-                runs.append({**base, "balance": "imbalanced", "n_per_class": config.n_per_class,
-                             "method": method})
+                runs.append({**main, "balance": "imbalanced", "method": method})
+            for size in config.sample_sizes:
+                runs.append({**base, "series": "sample_size", "n_per_class": size,
+                             "balance": "balanced", "method": "softmax"})
     return runs
 
 

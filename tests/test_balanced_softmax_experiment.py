@@ -1,0 +1,197 @@
+"""Chapter 01 (Balanced Softmax / BALMS): helpers by hand, the smoke run, the paper code path."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from softmax_repro import claims, losses
+from softmax_repro.config import ConfigError
+from softmax_repro.experiments import balanced_softmax as bs
+
+
+def test_shot_groups_are_thirds_by_training_count() -> None:
+    groups = bs.shot_groups([500, 300, 180, 100, 60, 36, 21, 12, 7, 5])
+    assert groups == {"many": [0, 1, 2], "medium": [3, 4, 5, 6], "few": [7, 8, 9]}
+    shuffled = bs.shot_groups([5, 500, 60, 300])
+    assert shuffled == {"many": [1], "medium": [2, 3], "few": [0]}
+    hundred = bs.shot_groups(list(range(100, 0, -1)))
+    assert [len(hundred[g]) for g in bs.SHOT_GROUPS] == [33, 34, 33]
+
+
+def test_evaluate_by_hand() -> None:
+    counts = [9, 5, 1]
+    target = torch.tensor([0, 0, 1, 1, 2, 2])
+    predicted = torch.tensor([0, 0, 1, 0, 0, 2])
+    logits = torch.nn.functional.one_hot(predicted, 3).float()
+    rows = {(r["metric"], r.get("class_index")): r["value"]
+            for r in bs.evaluate(logits, target, counts)}
+    assert rows[("top1", None)] == pytest.approx(4 / 6)
+    assert rows[("many", None)] == 1.0 and rows[("medium", None)] == 0.5
+    assert rows[("few", None)] == 0.5
+    assert [rows[("class_accuracy", c)] for c in range(3)] == [1.0, 0.5, 0.5]
+
+
+def test_build_loss_matches_the_paper_definitions() -> None:
+    counts = [100, 10, 1]
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 1, 2, 2])
+    config = bs.make_config("smoke")
+    log_n = torch.tensor(counts, dtype=torch.float32).log()
+    ce = torch.nn.functional.cross_entropy
+    assert torch.allclose(bs.build_loss("balanced_softmax", counts, config)(logits, target),
+                          ce(logits + log_n, target))
+    assert torch.allclose(bs.build_loss("balanced_softmax_quarter", counts, config)(logits, target),
+                          ce(logits + 0.25 * log_n, target))
+    assert torch.allclose(bs.build_loss("softmax", counts, config)(logits, target),
+                          ce(logits, target))
+    assert bs.uses_cb_sampler("bs_cb_sampling") and not bs.uses_cb_sampler("balanced_softmax")
+
+
+def test_derived_rows_by_hand() -> None:
+    records = []
+    values = {  # (imbalance, method) -> (top1, many, few)
+        (10, "softmax"): (0.8, 0.9, 0.7), (10, "balanced_softmax"): (0.82, 0.88, 0.78),
+        (100, "softmax"): (0.6, 0.95, 0.2), (100, "balanced_softmax"): (0.7, 0.9, 0.5),
+    }
+    for (imbalance, method), triple in values.items():
+        for metric, value in zip(("top1", "many", "few"), triple, strict=True):
+            records.append({"dataset": "d-lt", "imbalance": imbalance, "seed": 0,
+                            "method": method, "metric": metric, "value": value})
+    derived = {(r["metric"], r["imbalance"]): r["value"]
+               for r in bs.derived_rows(pd.DataFrame(records))}
+    assert derived[("gain_growth", 100)] == pytest.approx(0.10 - 0.02)
+    assert derived[("few_minus_many_gain", 10)] == pytest.approx(0.08 - (-0.02))
+    assert derived[("few_minus_many_gain", 100)] == pytest.approx(0.30 - (-0.05))
+
+
+def test_grid_adds_softmax_for_the_methods_built_on_it() -> None:
+    config = bs.make_config("smoke", overrides={"methods": ["balms"], "datasets": ["mnist1d"],
+                                                "gauss_imbalances": []})
+    runs = bs.grid(config)
+    assert {r["method"] for r in runs} == {"softmax"}
+    assert len(runs) == len(config.imbalances) * len(config.seeds)
+    full = bs.grid(bs.make_config("cpu"))
+    assert len(full) == (3 * 7 + 2 * 7 + 3 * 2) * 5
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"digits_imbalances": [200]}, "imbalance=200 with n_max=120 leaves class 9 empty"),
+    ({"imbalances": []}, "imbalances is empty"),
+    ({"methods": ["bals"]}, "methods item='bals'"),
+    ({"meta_init_power": 3.0}, "meta_init_power=3.0"),
+    ({"gauss_imbalances": [100], "gauss_n_max": 50}, "leaves class 4 empty"),
+])
+def test_bad_settings_fail_before_work(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        bs.make_config("cpu", overrides=overrides)
+    assert message in str(error.value)
+
+
+def test_fit_balms_learns_separable_features_and_moves_the_rates() -> None:
+    gen = torch.Generator().manual_seed(0)
+    counts = [200, 40, 8]
+    labels = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    features = 3.0 * torch.eye(3)[labels] + 0.3 * torch.randn(labels.numel(), 3, generator=gen)
+    config = bs.make_config("smoke", overrides={"decoupled_steps": 60, "meta_lr": 0.05})
+    torch.manual_seed(0)
+    classifier = torch.nn.Linear(3, 3)
+    rates = bs.fit_balms(classifier, features, labels, counts, config, seed=0)
+    with torch.no_grad():
+        accuracy = (classifier(features).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.95
+    initial = np.array(counts) / sum(counts)
+    assert rates["head_rate"] != pytest.approx(initial[0], abs=1e-3)
+    assert 0.0 < rates["tail_rate"] < 1.0
+
+
+@pytest.fixture(scope="module")
+def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> bs.ChapterResult:
+    out = tmp_path_factory.mktemp("results")
+    return bs.run(bs.make_config("smoke", device="cpu"), results_dir=str(out))
+
+
+def test_smoke_run_rows(smoke_result: bs.ChapterResult) -> None:
+    rows = smoke_result.rows
+    config = bs.make_config("smoke")
+    top1 = rows[rows["metric"] == "top1"]
+    assert set(top1["method"]) == set(bs.METHODS)
+    assert set(top1["dataset"]) == {"mnist1d-lt", "digits-lt"}
+    per_setting = top1.groupby(["dataset", "imbalance", "method"]).size()
+    assert (per_setting == len(config.seeds)).all()
+    assert top1["value"].between(0, 1).all()
+    classes = rows[rows["metric"] == "class_accuracy"]
+    assert len(classes) == 10 * len(top1)
+    gauss = rows[rows["dataset"] == "gaussian-lt"]
+    assert {"tv_balanced", "tv_shifted", "tail_posterior"} <= set(gauss["metric"])
+    assert gauss.loc[gauss["metric"] != "tail_posterior", "value"].between(0, 1).all()
+    assert {"gain_growth", "few_minus_many_gain"} <= set(rows["metric"])
+    assert smoke_result.provenance["profile"] == "smoke"
+
+
+def test_posthoc_rows_are_the_softmax_model_with_log_prior_removed(
+        smoke_result: bs.ChapterResult) -> None:
+    rows = smoke_result.rows
+    top1 = rows[rows["metric"] == "top1"].set_index(["dataset", "imbalance", "seed", "method"])
+    # same trained model, same stage-1 wall time: the adjustment costs no training
+    wall = top1["wall_s"].unstack("method")
+    assert (wall["posthoc_adjustment"] == wall["softmax"]).all()
+    counts = [100, 10, 1]
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    adjusted = losses.posthoc_logit_adjustment(logits, counts)
+    assert adjusted.argmax().item() == 2  # 2 − log(100/111) < −1 − log(1/111)
+
+
+def test_every_chapter_claim_finds_its_rows(smoke_result: bs.ChapterResult) -> None:
+    chapter = [c for c in claims.load_claims() if c.chapter == bs.CHAPTER]
+    assert len(chapter) >= 6
+    rows = smoke_result.rows
+    for claim in chapter:
+        for test in claim.tests:
+            # smoke has IF 10 and 100 only: the IF-200 tests are checked for their method names
+            if test.where.get("imbalance") == 200:
+                assert {test.a, test.b} - {None} <= set(rows["method"])
+                continue
+            assert claims.evaluate_test(test, rows) is not None, (claim.id, test.label)
+
+
+def _write_tiny_cifar10(folder: Path, per_class: int, seed: int, split: str) -> None:
+    datasets = pytest.importorskip("datasets")
+    image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(seed)
+    labels = [c for c in range(10) for _ in range(per_class)]
+    pixels = rng.integers(0, 256, size=(len(labels), 32, 32, 3), dtype=np.uint8)
+    features = datasets.Features({"img": datasets.Image(),
+                                  "label": datasets.ClassLabel(num_classes=10)})
+    table = datasets.Dataset.from_dict(
+        {"img": [image.fromarray(p) for p in pixels], "label": labels}, features=features)
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(str(folder / f"{split}-00000.parquet"))
+
+
+def test_paper_profile_code_path_on_tiny_hub_parquet(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    _write_tiny_cifar10(tmp_path / "hub" / "cifar10", per_class=4, seed=0, split="train")
+    _write_tiny_cifar10(tmp_path / "hub" / "cifar10", per_class=2, seed=1, split="test")
+    config = bs.make_config("paper", device="cpu", seeds=[0], overrides={
+        "datasets": ["cifar10"], "imbalances": [2], "hub_data_dir": str(tmp_path / "hub"),
+        "methods": ["softmax", "balanced_softmax", "balms"], "steps": 2, "batch_size": 8,
+        "warmup_steps": 1, "decoupled_steps": 2, "decoupled_batch_size": 8,
+        "meta_set_size": 10, "gauss_imbalances": []})
+    assert config.model == "resnet32" and config.nesterov and config.n_max is None
+    result = bs.run(config, results_dir=str(tmp_path / "results"))
+    top1 = result.rows[result.rows["metric"] == "top1"]
+    assert set(top1["method"]) == {"softmax", "balanced_softmax", "balms"}
+    assert set(top1["dataset"]) == {"cifar10-lt"}
+    counts = result.rows[result.rows["metric"] == "class_accuracy"]["class_count"]
+    assert sorted(set(counts)) == [2, 3, 4]  # n_max = 4 (all of a class), IF 2
+    assert (tmp_path / "results" / "paper" / f"{bs.CHAPTER}.json").exists()
+    assert math.isfinite(top1["value"].sum())
