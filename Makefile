@@ -16,7 +16,7 @@ export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book chapter verify report html test lint clean
+.PHONY: help setup book chapter verify report html test bench lint clean
 
 help: ## List the targets with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ html: report ## Only render the book (no execution) into book/_build/html
 
 test: setup ## Set up and run the whole test suite (unit, notebooks at smoke, book build, browser)
 	$(PY) -m pytest -q
+
+bench: setup ## Timing ratios of the hot paths vs plain PyTorch -> results/bench.json
+	$(PY) benchmarks/bench.py
 
 lint: setup ## ruff on src, tests
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,4 @@
-"""CAM / infoCAM maps on hand-built feature maps; boxes, IoU and masks against hand-computed values."""
+"""CAM / infoCAM maps on hand-built feature maps; boxes, IoU and masks against hand values."""
 
 from __future__ import annotations
 

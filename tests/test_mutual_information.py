@@ -1,4 +1,4 @@
-"""Exact MI of Gaussian class mixtures, the softmax / PC-softmax estimators and the neural bounds."""
+"""Exact MI of Gaussian class mixtures, the softmax / PC-softmax estimators, the neural bounds."""
 
 from __future__ import annotations
 

@@ -262,7 +262,14 @@ def test_report_pages(tmp_path):
         "nbformat_minor": 5,
     }
     (tmp_path / "book" / "chapters" / "01_balanced_softmax.ipynb").write_text(json.dumps(nb))
-    report.write_report("smoke", tmp_path / "results", tmp_path / "book")
+    claims_file = tmp_path / "claims.yaml"
+    claims_file.write_text(yaml.safe_dump([
+        {"id": "ren2020-toy", "paper": "ren2020balanced", "chapter": "01_balanced_softmax",
+         "claim": "BS beats softmax", "rule": "a − b > 0",
+         "tests": [{**TEST, "a": "balanced_softmax", "b": "softmax"}]},
+        {"id": "bamler2020-toy", "paper": "bamler2020extreme", "claim": "faster",
+         "not_attempted": "no GPU"}], allow_unicode=True))
+    report.write_report("smoke", tmp_path / "results", tmp_path / "book", claims_file)
     ledger = (tmp_path / "book" / "ledger.md").read_text()
     assert "| **reproduced** | {doc}`chapters/01_balanced_softmax` |" in ledger
     assert "**not attempted**" in ledger

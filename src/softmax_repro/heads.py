@@ -1,4 +1,5 @@
-"""Output layers of a language model: hidden states ``h[N, H]`` in, log-probabilities ``[N, V]`` out.
+"""Output layers of a language model: hidden states ``h[N, H]`` in, log-probabilities ``[N, V]``
+out.
 
 Every head is an :class:`OutputHead`: ``forward(h)`` returns log-probabilities over the vocabulary
 (natural log, rows sum to 1 after ``exp``) and ``nll(h, target)`` the per-token negative
@@ -67,7 +68,7 @@ def soft_clip_theta_raw(theta_raw: Tensor) -> Tensor:
     """
     low, high = THETA_RAW_RANGE
     upper = high - torch.exp((high - 1.0) - theta_raw)
-    lower = low + torch.exp((low + 1.0) + theta_raw)
+    lower = low + torch.exp(theta_raw - (low + 1.0))
     return torch.where(theta_raw > high - 1.0, upper,
                        torch.where(theta_raw < low + 1.0, lower, theta_raw))
 
@@ -108,7 +109,8 @@ def senses_table(sense_word: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
     if counts.numel() != vocab or counts.min() < MIN_SENSES or counts.max() > MAX_SENSES:
         raise ValueError(
             f"every word needs between {MIN_SENSES} and {MAX_SENSES} senses; got counts in "
-            f"[{int(counts.min())}, {int(counts.max())}] over {counts.numel()} words (vocab={vocab})"
+            f"[{int(counts.min())}, {int(counts.max())}] over {counts.numel()} words "
+            f"(vocab={vocab})"
         )
     order = torch.argsort(sense_word, stable=True)
     starts = torch.cumsum(counts, 0) - counts

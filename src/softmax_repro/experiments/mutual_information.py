@@ -261,10 +261,13 @@ def localisation_scores(
     return scores
 
 
-def localisation_run(
+def train_localiser(
     config: Config, seed: int, device: torch.device
-) -> dict[str, dict[str, float]]:
-    """Build the localisation set of ``seed``, train the GAP CNN on labels only, score the maps."""
+) -> tuple[GapCNN, LocalisationSet]:
+    """Build the localisation set of ``seed`` and train the GAP CNN on its labels only.
+
+    Returns the trained model (in eval mode) and the test set.
+    """
     train, test = load_digit_localisation(
         config.loc_train, config.loc_test, canvas_size=config.canvas_size,
         scale=config.digit_scale, noise_std=config.noise_std, seed=seed,
@@ -275,7 +278,47 @@ def localisation_run(
                               lr=config.cnn_lr, optimizer="adam")
     training.fit_classifier(model, F.cross_entropy, train.images, train.labels, spec, seed=seed,
                             device=device)
-    return localisation_scores(model, test, config, seed)
+    return model.eval(), test
+
+
+def localisation_examples(config: Config, seed: int, count: int = 6) -> dict[str, np.ndarray]:
+    """Re-train the localiser of ``seed`` (deterministic); return maps of ``count`` test canvases.
+
+    Returns arrays: ``images`` ``[n, S, S]``, ``labels``/``predicted`` ``[n]``, ``true_boxes``,
+    ``cam_boxes``, ``infocam_boxes`` ``[n, 4]``, ``cam``/``infocam`` maps ``[n, S, S]`` (true
+    class, upsampled) and ``masked`` images ``[n, S, S]`` (infoCAM region removed).
+    """
+    model, test = train_localiser(config, seed, training.resolve_device(config.device))
+    with torch.no_grad():
+        return _example_maps(model.cpu(), test, config, count)
+
+
+def _example_maps(
+    model: GapCNN, test: LocalisationSet, config: Config, count: int
+) -> dict[str, np.ndarray]:
+    """The arrays of :func:`localisation_examples` for the first ``count`` test canvases."""
+    images, labels = test.images[:count], test.labels[:count]
+    features = model.feature_maps(images)
+    weight = model.classifier.weight
+    size = (config.canvas_size, config.canvas_size)
+    maps = {
+        "cam": cam.upsample(cam.class_maps(features, weight, labels), size).numpy(),
+        "infocam": cam.upsample(cam.info_maps(features, weight, labels, config.region_size),
+                                size).numpy(),
+    }
+    masks = np.stack([cam.threshold_mask(m, config.box_threshold) for m in maps["infocam"]])
+    out = {
+        "images": images[:, 0].numpy(),
+        "labels": labels.numpy(),
+        "predicted": model(images).argmax(dim=1).numpy(),
+        "true_boxes": test.boxes[:count].numpy(),
+        "masked": cam.apply_mask(images, masks)[:, 0].numpy(),
+        **maps,
+    }
+    for name in ("cam", "infocam"):
+        out[f"{name}_boxes"] = np.array([cam.box_from_map(m, config.box_threshold)
+                                         for m in maps[name]])
+    return out
 
 
 def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
@@ -290,7 +333,8 @@ def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
                 scores = synthetic_run(config, run, device)
             return [{**run, "metric": k, "value": v} for k, v in scores.items()]
         with timer("localisation"):
-            by_method = localisation_run(config, run["seed"], device)
+            model, test = train_localiser(config, run["seed"], device)
+            by_method = localisation_scores(model, test, config, run["seed"])
         return [{**run, "method": method, "metric": k, "value": v}
                 for method, values in by_method.items() for k, v in values.items()]
 

@@ -1,0 +1,106 @@
+"""Chapter 04's config validation, run grid and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from softmax_repro import claims
+from softmax_repro import mutual_information as mi
+from softmax_repro.config import ConfigError
+from softmax_repro.data.synthetic import PAPER_MEANS, class_counts
+from softmax_repro.experiments import mutual_information as chapter
+
+
+def test_profiles_build_and_cpu_matches_the_paper_setup():
+    for profile in chapter.PROFILES:
+        chapter.make_config(profile)
+    config = chapter.make_config("cpu")
+    assert len(config.seeds) >= 5
+    assert config.dims == (1, 2, 5, 10)
+    assert (config.n_per_class, config.test_per_class, config.batch_size) == (10_000, 2_000, 2_000)
+    assert (config.hidden, config.depth) == (100, 3)
+    assert chapter.make_config("paper").epochs == 100
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"dimension": 3}, "unknown key 'dimension'"),
+        ({"dims": []}, "dims is empty"),
+        ({"dims": [0]}, "dims item"),
+        ({"bound_methods": ["mine", "js"]}, "'infonce', 'nwj', 'mine'"),
+        ({"box_threshold": 1.5}, "box_threshold"),
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -1.0}, "lr"),
+        ({"canvas_size": 10}, "canvas_size"),
+        ({"sample_sizes": [1]}, "sample_sizes"),
+    ],
+)
+def test_bad_values_raise_config_error(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        chapter.make_config("smoke", overrides=overrides)
+
+
+def test_bad_seeds_and_profile():
+    with pytest.raises(ConfigError, match="seeds"):
+        chapter.make_config("smoke", seeds=[])
+    with pytest.raises(ConfigError, match="profile"):
+        chapter.make_config("laptop")
+
+
+def test_grid_has_every_method_and_shares_data_across_methods():
+    config = chapter.make_config("cpu")
+    grid = chapter.synthetic_grid(config)
+    per_cell = 1 + len(config.bound_methods) + 2 + len(config.sample_sizes)
+    assert len(grid) == len(config.seeds) * len(config.dims) * per_cell
+    imbalanced = {r["method"] for r in grid if r["balance"] == "imbalanced"}
+    assert imbalanced == {"softmax", "pc_softmax"}
+    sizes = {r["n_per_class"] for r in grid if r["series"] == "sample_size"}
+    assert sizes == set(config.sample_sizes)
+
+
+def test_tiny_run_writes_rows_for_every_part(tmp_path):
+    config = chapter.make_config(
+        "smoke", seeds=[0, 1],
+        overrides={"dims": [2], "n_per_class": 150, "test_per_class": 60, "sample_sizes": [40],
+                   "epochs": 2, "batch_size": 300, "loc_train": 40, "loc_test": 20,
+                   "cnn_epochs": 1, "cnn_width": 4},
+    )
+    result = chapter.run(config, results_dir=str(tmp_path))
+    rows = result.rows
+    assert json.loads((tmp_path / "smoke" / f"{chapter.CHAPTER}.json").read_text())["rows"]
+    synthetic = rows[rows["part"] == "synthetic"]
+    assert set(synthetic["method"]) == {"softmax", "pc_softmax", "infonce", "nwj", "mine"}
+    truth = synthetic[(synthetic["metric"] == "mi_true") & (synthetic["balance"] == "imbalanced")]
+    expected = mi.exact_mutual_information(PAPER_MEANS, class_counts("imbalanced", 150), dim=2)
+    assert truth["value"].tolist() == pytest.approx([expected] * 4)
+    errors = synthetic.pivot_table(index=["method", "seed", "balance", "n_per_class"],
+                                   columns="metric", values="value")
+    assert (errors["mi_error"] - (errors["mi_estimate"] - errors["mi_true"])).abs().max() < 1e-9
+    assert ((errors["balanced_accuracy"] >= 0) & (errors["balanced_accuracy"] <= 1)).all()
+    local = rows[rows["part"] == "localisation"]
+    assert set(local["method"]) == {"cnn", "cam", "infocam", "info_mask", "random_mask"}
+    for metric in ("top1_loc", "gt_known_loc", "mean_iou", "masked_accuracy"):
+        values = local[local["metric"] == metric]["value"]
+        assert len(values) > 0 and values.between(0, 1).all()
+    fractions = local[local["metric"] == "masked_fraction"].pivot_table(
+        index="seed", columns="method", values="value")
+    assert (fractions["info_mask"] - fractions["random_mask"]).abs().max() < 1e-12
+    table = claims.chapter_verdicts(chapter.CHAPTER, rows)
+    assert len(table) > 0 and set(table["claim"]) >= {"qin2019rethinking-softmax-ce-estimates-mi"}
+
+
+def test_localisation_examples_shapes():
+    config = chapter.make_config("smoke", overrides={"loc_train": 30, "loc_test": 10,
+                                                     "cnn_width": 4, "canvas_size": 20})
+    examples = chapter.localisation_examples(config, seed=0, count=3)
+    for key in ("images", "cam", "infocam", "masked"):
+        assert examples[key].shape == (3, 20, 20)
+    for key in ("true_boxes", "cam_boxes", "infocam_boxes"):
+        assert examples[key].shape == (3, 4)
+        assert (examples[key] >= 0).all() and (examples[key] < 20).all()
+    assert examples["labels"].shape == examples["predicted"].shape == (3,)
+    changed = examples["masked"] != examples["images"]
+    assert (examples["masked"][changed] == 0).all()
