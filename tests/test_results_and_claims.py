@@ -274,4 +274,4 @@ def test_report_pages(tmp_path):
     assert "| **reproduced** | {doc}`chapters/01_balanced_softmax` |" in ledger
     assert "**not attempted**" in ledger
     status = (tmp_path / "book" / "status.md").read_text()
-    assert "| 12 | 1 | 1 |" in status
+    assert "| 12 | data 1, train+evaluate 1 | 10 |" in status

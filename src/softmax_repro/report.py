@@ -132,11 +132,12 @@ def status_markdown(profile: str, results_dir: Path, chapters_dir: Path) -> str:
         GENERATED_NOTE,
         "# Status\n",
         f"How each chapter was last executed at profile `{profile}`: runtime from papermill's "
-        f"metadata, seconds per phase recorded by the chapter's code, and the environment "
-        f"recorded in its results file.\n",
-        "| chapter | executed | papermill runtime (s) | data (s) | train + evaluate (s) | "
-        "other phases (s) | commit | device | CPU / GPU |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"metadata; seconds per phase as recorded by the chapter's code (data generation, "
+        f"training and evaluation, ...); the notebook overhead is the rest (kernel start-up, "
+        f"tables and figures); and the environment recorded in its results file.\n",
+        "| chapter | executed | papermill runtime (s) | recorded phases (s) | "
+        "notebook overhead (s) | commit | device | CPU / GPU |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     environments = []
     for nb_path in sorted(chapters_dir.glob("[0-9]*.ipynb")):
@@ -144,24 +145,19 @@ def status_markdown(profile: str, results_dir: Path, chapters_dir: Path) -> str:
         meta = _notebook_metadata(nb_path)
         result_path = results_dir / profile / f"{name}.json"
         if not result_path.exists():
-            lines.append(f"| {{doc}}`chapters/{name}` | no results at this profile | | | | | | | |")
+            lines.append(f"| {{doc}}`chapters/{name}` | no results at this profile | | | | | | |")
             continue
         prov = json.loads(result_path.read_text())["provenance"]
-        timings = dict(prov.get("timings_s", {}))
-        data_s = timings.pop("data", 0.0)
-        train_s = timings.pop("train+evaluate", 0.0)
-        other = ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) or "—"
+        phases = ", ".join(f"{k} {v:.0f}" for k, v in prov.get("timings_s", {}).items()) or "—"
         duration = meta["papermill"].get("duration")
+        total = "—" if duration is None else f"{duration:.0f}"
+        overhead = "—" if duration is None else f"{duration - prov.get('wall_s', 0.0):.0f}"
         commit = (prov.get("commit") or "unknown")[:10] + (" (dirty)" if prov.get("dirty") else "")
         hardware = prov.get("gpu") or prov.get("cpu", "")
         lines.append(
-            f"| {{doc}}`chapters/{name}` | {_cell(prov.get('started', ''))} | "
-            f"{duration:.0f} | {data_s:.0f} | {train_s:.0f} | {_cell(other)} | "
-            f"`{commit}` | {prov.get('device')} | {_cell(hardware)} |"
-            if duration is not None
-            else f"| {{doc}}`chapters/{name}` | {_cell(prov.get('started', ''))} | — | "
-            f"{data_s:.0f} | {train_s:.0f} | {_cell(other)} | `{commit}` | "
-            f"{prov.get('device')} | {_cell(hardware)} |"
+            f"| {{doc}}`chapters/{name}` | {_cell(prov.get('started', ''))} | {total} | "
+            f"{_cell(phases)} | {overhead} | `{commit}` | {prov.get('device')} | "
+            f"{_cell(hardware)} |"
         )
         environments.append((name, prov))
     if environments:
