@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from softmax_repro import claims
 from softmax_repro import mutual_information as mi
@@ -36,6 +37,7 @@ def test_profiles_build_and_cpu_matches_the_paper_setup():
         ({"lr": -1.0}, "lr"),
         ({"canvas_size": 10}, "canvas_size"),
         ({"sample_sizes": [1]}, "sample_sizes"),
+        ({"num_threads": 0}, "num_threads"),
     ],
 )
 def test_bad_values_raise_config_error(overrides, message):
@@ -104,3 +106,10 @@ def test_localisation_examples_shapes():
     assert examples["labels"].shape == examples["predicted"].shape == (3,)
     changed = examples["masked"] != examples["images"]
     assert (examples["masked"][changed] == 0).all()
+
+
+def test_torch_threads_restores_the_previous_count():
+    before = torch.get_num_threads()
+    with chapter.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
