@@ -123,4 +123,4 @@ def test_paper_profile_path_runs_on_a_tiny_local_hub_file(tmp_path) -> None:
     result = kerbs.run(config, results_dir=str(tmp_path / "results"))
     ppl = result.rows[(result.rows["dataset"] == "wikitext2") & (result.rows["metric"] == "ppl")]
     assert set(ppl["method"]) == {"softmax", "kerbs"}
-    assert ((ppl["value"] > 1) & (ppl["value"] <= 25)).all() or (ppl["value"] < 40).all()
+    assert ((ppl["value"] > 1) & (ppl["value"] < 2 * 25)).all()
