@@ -26,7 +26,7 @@ def _heads(hidden: int, vocab: int) -> list[torch.nn.Module]:
         KerBSHead(hidden, vocab, allocation=[1, 2, 3, 4, 1, 2, 1, 1]),
         KerBSHead(hidden, vocab, senses_per_word=2, kernel="dot"),
         MixtureOfSoftmaxesHead(hidden, vocab, components=3),
-        AdaptiveSoftmaxHead(hidden, vocab, cutoffs=[2, 5]),
+        AdaptiveSoftmaxHead(hidden, vocab, cutoffs=[3]),
     ]
 
 

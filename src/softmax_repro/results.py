@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from softmax_repro import distributed
 from softmax_repro.config import BaseConfig, ConfigError
 
 REQUIRED_COLUMNS = ("method", "seed", "metric", "value")
@@ -95,6 +96,8 @@ def write_results(
 ) -> Path:
     """Write a chapter's rows and provenance atomically; return the path written.
 
+    Under ``torchrun`` only rank 0 writes; the other ranks wait until it has, and get the same path.
+
     Raises:
         ValueError: a row lacks a required column, or there are no rows.
     """
@@ -119,10 +122,12 @@ def write_results(
         "rows": [dict(r) for r in rows],
     }
     path = Path(results_dir) / config.profile / f"{chapter}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=float) + "\n")
-    tmp.replace(path)
+    if distributed.is_rank0():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+        tmp.replace(path)
+    distributed.barrier()
     return path
 
 

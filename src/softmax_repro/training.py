@@ -19,6 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.std import tqdm
 
+from softmax_repro import distributed
 from softmax_repro.config import ConfigError, check_choice, check_device, check_int, check_positive
 
 CHECKPOINT_ENV = "SOFTMAX_REPRO_CHECKPOINTS"
@@ -37,11 +39,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     """Return the torch device for ``device``.
 
     ``auto`` picks CUDA when available, else CPU. Asking for CUDA on a machine without it raises
-    :class:`ConfigError` before any work starts.
+    :class:`ConfigError` before any work starts. Under ``torchrun`` this also joins the process
+    group (:func:`distributed.init_from_env`) and a CUDA device becomes ``cuda:LOCAL_RANK``.
     """
     check_device(device)
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(
@@ -53,7 +56,7 @@ def resolve_device(device: str = "auto") -> torch.device:
                 f"device={device!r} is not available; this machine has "
                 f"{torch.cuda.device_count()} CUDA device(s)"
             )
-    return torch.device(device)
+    return distributed.init_from_env(torch.device(device))
 
 
 def seed_everything(seed: int) -> None:
@@ -76,7 +79,8 @@ class TrainSpec:
 
     Exactly one of ``epochs`` / ``steps`` is set. The learning rate warms up linearly from
     ``warmup_start_lr`` to ``lr`` over ``warmup_steps`` optimizer steps, then stays constant or
-    follows a cosine to 0 at the last step.
+    follows a cosine to 0 at the last step. ``amp`` (bf16 autocast) and ``compile``
+    (``torch.compile``) are opt-in and act only on CUDA; on CPU they change nothing.
     """
 
     batch_size: int
@@ -90,6 +94,8 @@ class TrainSpec:
     warmup_steps: int = 0
     warmup_start_lr: float = 0.0
     schedule: str = "constant"
+    amp: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
@@ -106,6 +112,8 @@ class TrainSpec:
         check_positive("warmup_start_lr", self.warmup_start_lr, allow_zero=True)
         check_choice("optimizer", self.optimizer, ("sgd", "adam"))
         check_choice("schedule", self.schedule, ("constant", "cosine"))
+        check_choice("amp", self.amp, (False, True))
+        check_choice("compile", self.compile, (False, True))
 
 
 @dataclasses.dataclass
@@ -180,11 +188,17 @@ def fit(
     total = spec.steps if spec.steps is not None else spec.epochs * steps_per_epoch
     optimizer = make_optimizer(model.parameters() if params is None else params, spec)
     model.train()
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    forward = torch.compile(model) if spec.compile and on_cuda else model
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if spec.amp and on_cuda else nullcontext()
+    )
     epoch_losses: list[float] = []
     step = samples = 0
     start = time.perf_counter()
     bar = tqdm(
-        total=total, desc=desc, leave=False, file=sys.stderr, disable=desc is None, mininterval=5.0
+        total=total, desc=desc, leave=False, file=sys.stderr, mininterval=5.0,
+        disable=desc is None or not distributed.is_rank0(),
     )
     epoch = 0
     while step < total:
@@ -192,7 +206,8 @@ def fit(
         for batch in make_batches(epoch):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(spec, step, total)
-            loss = compute_loss(model, batch)
+            with autocast:
+                loss = compute_loss(forward, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -246,6 +261,7 @@ def fit_classifier(
     sample_weights: Tensor | None = None,
     params: Iterable[nn.Parameter] | None = None,
     desc: str | None = None,
+    data_parallel: bool = True,
 ) -> FitLog:
     """Train a classifier on tensor-resident data.
 
@@ -263,6 +279,15 @@ def fit_classifier(
         params: parameters to optimize (default: all), e.g. only the classifier for decoupled
             re-training.
         desc: label for an inner progress bar (``None``: none).
+        data_parallel: under ``torchrun``, split batches across the ranks (below); ``False``
+            trains the whole batch on every rank, for a loss that is not a mean over examples
+            (e.g. InfoNCE's in-batch label frequencies, the log of a batch mean in MINE).
+
+    Under ``torchrun`` (process group initialised for ``device``'s type) every rank draws the same
+    global batch, trains on its :func:`distributed.shard_indices` part through
+    DistributedDataParallel, and the returned log holds the global mean losses and sample count.
+    Each rank's mean loss is weighted by its share of the batch, so with a per-example mean loss
+    the averaged gradient equals the single-process one.
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
@@ -274,6 +299,11 @@ def fit_classifier(
     n = x.shape[0]
     weights = None if sample_weights is None else sample_weights.double().cpu()
 
+    steps_per_epoch = math.ceil(n / spec.batch_size)
+    if data_parallel and distributed.active_for(device):
+        return _fit_classifier_ddp(model, loss_fn, x, y, spec, generator, weights, device,
+                                   steps_per_epoch, params, desc)
+
     def make_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         for idx in tensor_batches(n, spec.batch_size, generator, weights):
             idx = idx.to(device)
@@ -283,7 +313,6 @@ def fit_classifier(
         xb, yb = batch
         return loss_fn(net(xb), yb)
 
-    steps_per_epoch = math.ceil(n / spec.batch_size)
     return fit(
         model,
         compute_loss,
@@ -293,6 +322,53 @@ def fit_classifier(
         params=params,
         desc=desc,
     )
+
+
+def _fit_classifier_ddp(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    spec: TrainSpec,
+    generator: torch.Generator,
+    weights: Tensor | None,
+    device: torch.device,
+    steps_per_epoch: int,
+    params: Iterable[nn.Parameter] | None,
+    desc: str | None,
+) -> FitLog:
+    """:func:`fit_classifier` across the ranks of the process group (see its docstring).
+
+    A rank whose part of a (last, short) batch is empty runs one example with loss weight 0, so
+    that every rank still joins DistributedDataParallel's gradient averaging.
+    """
+    rank, world = distributed.rank(), distributed.world_size()
+    seen = [0]
+
+    def make_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for idx in tensor_batches(x.shape[0], spec.batch_size, generator, weights):
+            part = distributed.shard_indices(idx, rank, world)
+            share = torch.tensor(part.numel() * world / idx.numel(), device=device)
+            seen[0] += idx.numel()
+            part = (part if part.numel() else idx[:1]).to(device)
+            yield x[part], y[part], share
+
+    def compute_loss(net: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        xb, yb, share = batch
+        return loss_fn(net(xb), yb) * share
+
+    log = fit(
+        distributed.wrap_model(model, device),
+        compute_loss,
+        make_batches,
+        spec,
+        steps_per_epoch=steps_per_epoch,
+        params=params,
+        desc=desc,
+    )
+    log.epoch_losses = distributed.mean_over_ranks(log.epoch_losses, device)
+    log.samples = seen[0]
+    return log
 
 
 @torch.inference_mode()
@@ -330,7 +406,9 @@ def run_grid(
     Each finished run's rows are written to ``checkpoint_dir/<run hash>.json`` (default: the folder
     in ``$SOFTMAX_REPRO_CHECKPOINTS``, set by the runner; no checkpoints when neither is given). A
     run whose checkpoint exists is not executed again, so an interrupted chapter resumes where it
-    stopped. The runner deletes the folder once the chapter has succeeded.
+    stopped. The runner deletes the folder once the chapter has succeeded. Under ``torchrun`` every
+    rank executes every run; only rank 0 shows the bar and writes checkpoints, and the ranks meet
+    at a barrier after each run (so all of them see the same checkpoints).
 
     Args:
         runs: run descriptions, e.g. ``{"method": "softmax", "seed": 0}``; JSON-serialisable.
@@ -347,7 +425,8 @@ def run_grid(
         folder.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     resumed = 0
-    bar = tqdm(runs, desc=desc or chapter, file=sys.stderr, mininterval=10.0, ascii=True)
+    bar = tqdm(runs, desc=desc or chapter, file=sys.stderr, mininterval=10.0, ascii=True,
+               disable=not distributed.is_rank0())
     for run, key in zip(bar, keys, strict=True):
         path = folder / f"{key}.json" if folder is not None else None
         if path is not None and path.exists():
@@ -359,10 +438,11 @@ def run_grid(
         run_rows = run_one(run)
         wall = round(time.perf_counter() - start, 3)
         run_rows = [{**row, "wall_s": row.get("wall_s", wall)} for row in run_rows]
-        if path is not None:
+        if path is not None and distributed.is_rank0():
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"run": run, "rows": run_rows}, default=float))
             tmp.replace(path)
+        distributed.barrier()
         rows.extend(run_rows)
     bar.close()
     if resumed:

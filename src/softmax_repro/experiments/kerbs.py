@@ -96,16 +96,18 @@ class Config(BaseConfig):
         realloc_fraction: at most this share of the vocabulary's words gain a sense per
             reallocation (at least one).
         projection_words: polysemous words whose senses are projected to 2-D (first seed).
+        threads: torch CPU threads during the chapter (0 = leave torch's setting); these small
+            models run fastest on one thread, and several threads on shared cores spin and stall.
     """
 
-    synthetic_methods: tuple[str, ...] = ("softmax", "kerbs", "kerbs_code_order", "kerbs_fixed",
-                                          "kerbs_dot")
+    synthetic_methods: tuple[str, ...] = ("softmax", "mos", "kerbs", "kerbs_code_order",
+                                          "kerbs_fixed", "kerbs_dot")
     corpus_methods: tuple[str, ...] = ("softmax", "mos", "kerbs", "adaptive")
     corpus_num_seeds: int = 3
     corpus: str = "brown"
     corpus_files: tuple[str, ...] = ()
     vocab_size: int = 2000
-    train_tokens: int = 60_000
+    train_tokens: int = 100_000
     eval_tokens: int = 20_000
     corpus_embed: int = 64
     corpus_hidden: int = 64
@@ -116,10 +118,10 @@ class Config(BaseConfig):
     syn_polysemous_fraction: float = 0.3
     syn_max_senses: int = 4
     syn_branching: int = 3
-    syn_train_tokens: int = 40_000
+    syn_train_tokens: int = 100_000
     syn_test_tokens: int = 10_000
     syn_hidden: int = 16
-    syn_epochs: int = 3
+    syn_epochs: int = 4
     cell: str = "lstm"
     batch_size: int = 64
     bptt: int = 20
@@ -129,6 +131,7 @@ class Config(BaseConfig):
     realloc_every: int = 10
     realloc_fraction: float = 0.05
     projection_words: int = 4
+    threads: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -148,6 +151,7 @@ class Config(BaseConfig):
             check_int(name, getattr(self, name), 1)
         check_int("syn_train_tokens", self.syn_train_tokens, 100)
         check_int("syn_test_tokens", self.syn_test_tokens, 100)
+        check_int("threads", self.threads, 0)
         check_in_range("corpus_dropout", self.corpus_dropout, 0.0, 0.9)
         check_in_range("syn_polysemous_fraction", self.syn_polysemous_fraction, 0.0, 1.0)
         check_in_range("syn_max_senses", self.syn_max_senses, 2, MAX_SENSES)
@@ -166,7 +170,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"seeds": (0, 1, 2, 3, 4), "corpus_num_seeds": 5, "corpus": "wikitext2",
               "vocab_size": 40_000, "train_tokens": 0, "eval_tokens": 0, "corpus_embed": 400,
               "corpus_hidden": 400, "corpus_layers": 2, "corpus_epochs": 40, "cell": "gru",
-              "corpus_dropout": 0.4, "batch_size": 20, "bptt": 35, "lr": 1e-3,
+              "corpus_dropout": 0.4, "batch_size": 20, "bptt": 35, "lr": 1e-3, "threads": 0,
               "realloc_every": 100, "realloc_fraction": 0.005},
 }
 
@@ -280,8 +284,9 @@ def sense_projection(head: KerBSHead, h: Tensor, words: Tensor, concepts: Tensor
     """2-D PCA, per word, of a word's sense vectors and its mean context per true sense.
 
     For the ``num_words`` most frequent polysemous words holding ≥ 2 senses, the sense vectors and
-    the mean hidden state before each true sense are projected on the first two principal axes of
-    those points. Returns one dict per point: ``word, kind (sense|context), label, pc1, pc2``.
+    the mean hidden state before each true sense are scaled to unit length (the kernel acts on
+    their cosine) and projected on the first two principal axes of those points. Returns one dict
+    per point: ``word, kind (sense|context), label, pc1, pc2``.
     """
     counts = torch.bincount(words, minlength=head.vocab_size)
     held = head.senses_per_word()
@@ -297,6 +302,7 @@ def sense_projection(head: KerBSHead, h: Tensor, words: Tensor, concepts: Tensor
             vectors.append(h[at & (concepts == concept)].mean(dim=0, keepdim=True))
             labels.append(("context", f"c{concept}"))
         matrix = torch.cat(vectors).double()
+        matrix = matrix / matrix.norm(dim=1, keepdim=True).clamp_min(1e-12)
         centred = matrix - matrix.mean(dim=0)
         _, _, v = torch.linalg.svd(centred, full_matrices=False)
         coords = centred @ v[:2].T
@@ -428,8 +434,14 @@ def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
         return run_corpus(config, run["method"], run["seed"], corpus["vocab"], corpus["data"],
                           device)
 
-    with timer("train+evaluate"):
-        rows = training.run_grid(grid, run_one, chapter=CHAPTER)
+    previous_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        with timer("train+evaluate"):
+            rows = training.run_grid(grid, run_one, chapter=CHAPTER)
+    finally:
+        torch.set_num_threads(previous_threads)
     path = results.write_results(CHAPTER, config, rows, results_dir=results_dir, started=started,
                                  wall_s=sum(timer.seconds.values()), device=device,
                                  timings=timer.as_dict())

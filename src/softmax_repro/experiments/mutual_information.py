@@ -92,7 +92,7 @@ class Config(BaseConfig):
     test_per_class: int = 2_000
     sample_sizes: tuple[int, ...] = (250, 1_000)
     bound_methods: tuple[str, ...] = BOUND_METHODS
-    epochs: int = 20
+    epochs: int = 15
     batch_size: int = 2_000
     lr: float = 3e-3
     hidden: int = 100
