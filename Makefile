@@ -7,6 +7,12 @@ STAMP := $(VENV)/.setup-stamp
 PROFILE ?= cpu
 DEVICE ?= auto
 NAME ?=
+# Processes per chapter: NPROC > 1 launches every rank through torchrun (one per GPU, DDP).
+NPROC ?= 1
+TORCHRUN_ARGS ?= --standalone
+RUNNER := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run $(TORCHRUN_ARGS) \
+	--nproc_per_node $(NPROC) -m softmax_repro.runner,$(PY) -m softmax_repro.runner)
+CHAPTERS := $(basename $(notdir $(wildcard notebooks/[0-9]*.ipynb)))
 # Where executed chapters / results go (tests point these at a scratch folder).
 BOOK ?= book
 RESULTS ?= results
@@ -16,11 +22,11 @@ export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book chapter verify report html test bench lint clean
+.PHONY: help setup book chapter verify report html test bench lint clean $(addprefix chapter-,$(CHAPTERS))
 
 help: ## List the targets with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=smoke|cpu|paper (default cpu)  DEVICE=auto|cpu|cuda  NAME=<chapter>"
+	@echo "  variables: PROFILE=smoke|cpu|paper (default cpu)  DEVICE=auto|cpu|cuda  NAME=<chapter>  NPROC=<GPUs>"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,14 +37,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv, install pinned dependencies and register the Jupyter kernel
 
-book: setup ## Set up, run every stale chapter (PROFILE=cpu), generate ledger/status, build the HTML
-	$(PY) -m softmax_repro.runner execute --profile $(PROFILE) --device $(DEVICE) \
-		--out-dir $(BOOK)/chapters --results-dir $(RESULTS)
+book: setup ## Set up, run every stale chapter (PROFILE=cpu; make -j N: N at once), build the HTML
+	$(MAKE) --no-print-directory $(addprefix chapter-,$(CHAPTERS))
 	$(MAKE) --no-print-directory html PROFILE=$(PROFILE) BOOK=$(BOOK) RESULTS=$(RESULTS)
 
-chapter: setup ## Re-run one chapter: make chapter NAME=01_balanced_softmax [PROFILE=cpu] [DEVICE=cuda]
+$(addprefix chapter-,$(CHAPTERS)): chapter-%: setup
+	$(RUNNER) execute --profile $(PROFILE) --device $(DEVICE) --name $* \
+		--out-dir $(BOOK)/chapters --results-dir $(RESULTS)
+
+chapter: setup ## Re-run one chapter: make chapter NAME=01_balanced_softmax [PROFILE=paper DEVICE=cuda NPROC=8]
 	@test -n "$(NAME)" || { echo "error: NAME is required; one of: $$(ls notebooks | sed 's/.ipynb//' | tr '\n' ' ')"; exit 2; }
-	$(PY) -m softmax_repro.runner execute --profile $(PROFILE) --device $(DEVICE) --name $(NAME) --force \
+	$(RUNNER) execute --profile $(PROFILE) --device $(DEVICE) --name $(NAME) --force \
 		--out-dir $(BOOK)/chapters --results-dir $(RESULTS)
 
 verify: setup ## Re-run chapters (PROFILE=cpu) in a scratch folder; compare every number with results/

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import nbformat
 
+from softmax_repro import distributed
 from softmax_repro.config import PROFILE_NAMES, ConfigError, check_choice, check_device
 from softmax_repro.training import CHECKPOINT_ENV
 
@@ -86,6 +87,15 @@ def clean_outputs(nb: nbformat.NotebookNode) -> None:
             data.pop("application/vnd.jupyter.widget-view+json", None)
 
 
+def _wait_for_ranks(staging: Path, world: int) -> None:
+    """Block until ranks ``1..world-1`` have left their done marker in ``staging``.
+
+    If a rank fails, torchrun stops every rank, so this never waits for a dead one.
+    """
+    while any(not (staging / f"rank{r}.done").exists() for r in range(1, world)):
+        time.sleep(1.0)
+
+
 def execute_chapter(
     name: str,
     profile: str,
@@ -117,8 +127,15 @@ def execute_chapter(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = results_dir / ".checkpoints" / profile / digest[:16]
     (results_dir / ".staging").mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=results_dir / ".staging"))
-    tmp_nb = staging / f"{name}.ipynb"
+    rank = distributed.rank()  # $RANK under torchrun (the runner itself never joins the group)
+    if distributed.launched_by_torchrun():
+        # one staging folder shared by the ranks: rank 0's kernel writes the results file there
+        # and the others read it back; each rank executes its own copy of the notebook into it
+        staging = results_dir / ".staging" / f"{name}-{os.environ['TORCHELASTIC_RUN_ID']}"
+        staging.mkdir(exist_ok=True)
+    else:
+        staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=results_dir / ".staging"))
+    tmp_nb = staging / (f"{name}.ipynb" if rank == 0 else f"{name}.rank{rank}.ipynb")
     print(f"[executing] {name} at profile={profile} device={device}", flush=True)
     start = time.perf_counter()
     env_before = os.environ.get(CHECKPOINT_ENV)
@@ -135,11 +152,12 @@ def execute_chapter(
             report_mode=False,
         )
     except BaseException as error:
-        failed = root / "failed" / profile / f"{name}.ipynb"
+        failed = root / "failed" / profile / tmp_nb.name
         failed.parent.mkdir(parents=True, exist_ok=True)
         if tmp_nb.exists():
             shutil.move(tmp_nb, failed)
-        shutil.rmtree(staging, ignore_errors=True)
+        if rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, KeyboardInterrupt):
             raise
         raise RuntimeError(
@@ -151,6 +169,12 @@ def execute_chapter(
             os.environ.pop(CHECKPOINT_ENV, None)
         else:
             os.environ[CHECKPOINT_ENV] = env_before
+    if rank != 0:  # rank 0 alone publishes, once every rank is done with the staging folder
+        tmp_nb.replace(staging / f"rank{rank}.done")
+        print(f"[done] {name} on rank {rank}", flush=True)
+        return True
+    if distributed.launched_by_torchrun():
+        _wait_for_ranks(staging, int(os.environ["WORLD_SIZE"]))
     nb = nbformat.read(tmp_nb, as_version=4)
     clean_outputs(nb)
     nb.metadata[METADATA_KEY] = {

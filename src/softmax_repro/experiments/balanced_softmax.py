@@ -400,7 +400,9 @@ def run_image(config: Config, data: Split, run: dict[str, Any], device: torch.de
     start = time.perf_counter()
     training.fit_classifier(model, build_loss(method, counts, config), x, y,
                             train_spec(name, config), seed=seed, device=device,
-                            sample_weights=weights)
+                            sample_weights=weights,
+                            # the weighted mean is normalised by the whole batch's weight
+                            data_parallel=method != "cb_reweighting")
     logits = training.predict(model, data.x_test, device=device)
     wall = time.perf_counter() - start
     rows = [{**setting, "method": method, "wall_s": wall, **r}
