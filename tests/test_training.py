@@ -141,3 +141,14 @@ def test_run_grid_checkpoints_and_resumes(tmp_path):
 def test_run_grid_rejects_duplicate_runs():
     with pytest.raises(ValueError, match="duplicate"):
         training.run_grid([{"a": 1}, {"a": 1}], lambda r: [], chapter="toy")
+
+
+def test_cpu_threads_sets_and_restores():
+    before = torch.get_num_threads()
+    with training.cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with training.cpu_threads(0):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="threads=-1"), training.cpu_threads(-1):
+        pass

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -57,6 +58,23 @@ def resolve_device(device: str = "auto") -> torch.device:
                 f"{torch.cuda.device_count()} CUDA device(s)"
             )
     return distributed.init_from_env(torch.device(device))
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op CPU threads (0: leave the setting alone).
+
+    The chapters' small models run fastest on one thread; several threads on shared cores spin and
+    stall. The previous setting is restored afterwards.
+    """
+    check_int("threads", count, 0)
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def seed_everything(seed: int) -> None:

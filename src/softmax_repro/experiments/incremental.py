@@ -16,12 +16,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
-import torch
 from torch import nn
 
 from softmax_repro import incremental, metrics, results, training
@@ -266,22 +263,11 @@ def paired_differences(rows: pd.DataFrame, pairs: list[tuple[str, str]],
     return pd.DataFrame.from_records(records)
 
 
-@contextmanager
-def _threads(count: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
     """Every (dataset, increments, order, seed, method) run; rows written to the results file."""
     device = training.resolve_device(config.device)
     started, timer = results.now(), PhaseTimer()
-    with _threads(config.torch_threads):
+    with training.cpu_threads(config.torch_threads):
         with timer("data"):
             sources = {name: load_dataset(name, config) for name in config.datasets}
         grid = [{"dataset": d, "increments": k, "order": o, "seed": s, "method": m}

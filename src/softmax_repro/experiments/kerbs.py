@@ -434,14 +434,8 @@ def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
         return run_corpus(config, run["method"], run["seed"], corpus["vocab"], corpus["data"],
                           device)
 
-    previous_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        with timer("train+evaluate"):
-            rows = training.run_grid(grid, run_one, chapter=CHAPTER)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with training.cpu_threads(config.threads), timer("train+evaluate"):
+        rows = training.run_grid(grid, run_one, chapter=CHAPTER)
     path = results.write_results(CHAPTER, config, rows, results_dir=results_dir, started=started,
                                  wall_s=sum(timer.seconds.values()), device=device,
                                  timings=timer.as_dict())
