@@ -73,6 +73,9 @@ def test_execute_then_up_to_date_then_failure_keeps_good_outputs(toy_root):
     stream = executed["cells"][-1]["outputs"][0]["text"]
     assert "done" in "".join(stream) and "progress" not in "".join(stream)
     assert not list((toy_root / "results").glob(".staging/*"))
+    injected = next(c for c in executed["cells"]
+                    if "injected-parameters" in c["metadata"].get("tags", []))
+    assert 'results_dir = "results"' in "".join(injected["source"])
 
     assert _execute(toy_root) is False  # nothing changed: nothing executes
 

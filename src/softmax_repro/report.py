@@ -32,18 +32,19 @@ def _paper_values(values: Mapping[str, Any]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in values.items()) or "—"
 
 
-def _ours(verdict: claims_mod.Verdict) -> str:
-    if not verdict.outcomes:
-        return _cell(verdict.reason) or "—"
-    parts = []
+def _tests_table(verdict: claims_mod.Verdict) -> list[str]:
+    """The tests of a claim's rule, one row each: comparison, estimate with 95% CI, n, passed."""
+    lines = ["| test | comparison | ours: mean [95% CI] | seeds | passed |",
+             "|---|---|---|---|---|"]
     for o in verdict.outcomes:
         what = o.test.a if o.test.kind == "mean" else f"{o.test.a} − {o.test.b}"
+        sign = ">" if o.test.direction == "greater" else "<"
         interval = "" if math.isnan(o.ci_low) else f" [{o.ci_low:.3g}, {o.ci_high:.3g}]"
-        mark = "✓" if o.passed else "✗"
-        parts.append(
-            f"{mark} {o.test.label}: {what} {o.test.metric} = {o.mean:.3g}{interval} (n={o.n})"
+        lines.append(
+            f"| {_cell(o.test.label)} | {_cell(what)} {o.test.metric} {sign} {o.test.threshold:g} "
+            f"| {o.mean:.3g}{interval} | {o.n} | {'✓' if o.passed else '✗'} |"
         )
-    return "<br>".join(_cell(p) for p in parts)
+    return lines
 
 
 def load_chapter_rows(results_dir: Path, profile: str) -> dict[str, pd.DataFrame]:
@@ -64,14 +65,15 @@ def compute_verdicts(
 def ledger_markdown(
     verdicts: Sequence[claims_mod.Verdict], profile: str, chapters: Sequence[str]
 ) -> str:
-    """The ledger page: one row per claim, grouped by paper."""
+    """The ledger page: per paper, a table of its claims and verdicts, then each tested claim's
+    rule with the estimate, interval and outcome of every test."""
     lines = [
         GENERATED_NOTE,
         "# Ledger of claims\n",
-        f"Every claim of every paper in this report, with the paper's value, ours (mean over "
+        f"Every claim of every paper in this report, with the paper's values, ours (mean over "
         f"seeds with its 95% interval, profile `{profile}`) and the verdict computed by the rule "
-        f"fixed in `data/claims.yaml` before the runs. ✓/✗ mark each test of the rule. See "
-        f"{{doc}}`methodology` for how verdicts are decided.\n",
+        f"fixed in `data/claims.yaml` before the runs. See {{doc}}`methodology` for how verdicts "
+        f"are decided.\n",
         summary_markdown(verdicts),
         "",
     ]
@@ -79,25 +81,27 @@ def ledger_markdown(
     for v in verdicts:
         by_paper.setdefault(v.claim.paper, []).append(v)
     for paper, items in by_paper.items():
-        lines += [
-            f"## {{cite:t}}`{paper}`\n",
-            "| claim | paper | ours | verdict | evidence |",
-            "|---|---|---|---|---|",
-        ]
+        lines += [f"## {{cite:t}}`{paper}`\n", "| claim | verdict | evidence |", "|---|---|---|"]
         for v in items:
             evidence = (
                 f"{{doc}}`chapters/{v.claim.chapter}`" if v.claim.chapter in chapters else "—"
             )
-            claim_text = f"**{v.claim.id}** — {v.claim.claim}"
-            if v.claim.where:
-                claim_text += f" *({v.claim.where})*"
-            if v.claim.rule:
-                claim_text += f"<br>Rule: {v.claim.rule}"
-            lines.append(
-                f"| {_cell(claim_text)} | {_cell(_paper_values(v.claim.paper_values))} | "
-                f"{_ours(v)} | **{v.verdict}** | {evidence} |"
-            )
+            lines.append(f"| **{v.claim.id}** — {_cell(v.claim.claim)} | **{v.verdict}** | "
+                         f"{evidence} |")
         lines.append("")
+        for v in items:
+            lines += [f"### {v.claim.id}\n", f"**{v.verdict}** — {_cell(v.claim.claim)}\n"]
+            if v.claim.where:
+                lines.append(f"- Where in the paper: {_cell(v.claim.where)}")
+            lines.append(f"- Paper: {_cell(_paper_values(v.claim.paper_values))}")
+            if v.claim.rule:
+                lines.append(f"- Rule: {_cell(v.claim.rule)}")
+            if v.reason:
+                lines.append(f"- {'Reason' if v.verdict == 'not attempted' else 'Note'}: "
+                             f"{_cell(v.reason)}")
+            lines.append("")
+            if v.outcomes:
+                lines += [*_tests_table(v), ""]
     return "\n".join(lines)
 
 

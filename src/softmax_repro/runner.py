@@ -96,6 +96,20 @@ def _wait_for_ranks(staging: Path, world: int) -> None:
         time.sleep(1.0)
 
 
+def show_final_results_dir(nb: nbformat.NotebookNode, staging: Path, results_dir: Path,
+                           root: Path) -> None:
+    """Make the injected parameters show where the results land, not the staging folder.
+
+    The notebook wrote into a temporary staging folder; the runner then moved the file to
+    ``results_dir/<profile>/``, which is what a reader re-running the chapter should see.
+    """
+    final = results_dir.relative_to(root) if results_dir.is_relative_to(root) else results_dir
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.source = cell.source.replace(repr(str(staging)), repr(str(final))).replace(
+                f'"{staging}"', f'"{final}"')
+
+
 def execute_chapter(
     name: str,
     profile: str,
@@ -177,6 +191,7 @@ def execute_chapter(
         _wait_for_ranks(staging, int(os.environ["WORLD_SIZE"]))
     nb = nbformat.read(tmp_nb, as_version=4)
     clean_outputs(nb)
+    show_final_results_dir(nb, staging, results_dir, root)
     nb.metadata[METADATA_KEY] = {
         "hash": digest,
         "profile": profile,
