@@ -14,6 +14,7 @@ from softmax_repro import claims, losses
 from softmax_repro.config import ConfigError
 from softmax_repro.data.fashion_mnist import DEFAULT_ROOT
 from softmax_repro.experiments import balanced_softmax as bs
+from softmax_repro.results import ChapterResult
 
 
 def test_shot_groups_are_thirds_by_training_count() -> None:
@@ -113,12 +114,12 @@ def test_fit_balms_learns_separable_features_and_moves_the_rates() -> None:
 
 
 @pytest.fixture(scope="module")
-def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> bs.ChapterResult:
+def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> ChapterResult:
     out = tmp_path_factory.mktemp("results")
     return bs.run(bs.make_config("smoke", device="cpu"), results_dir=str(out))
 
 
-def test_smoke_run_rows(smoke_result: bs.ChapterResult) -> None:
+def test_smoke_run_rows(smoke_result: ChapterResult) -> None:
     rows = smoke_result.rows
     config = bs.make_config("smoke")
     top1 = rows[rows["metric"] == "top1"]
@@ -137,7 +138,7 @@ def test_smoke_run_rows(smoke_result: bs.ChapterResult) -> None:
 
 
 def test_posthoc_rows_are_the_softmax_model_with_log_prior_removed(
-        smoke_result: bs.ChapterResult) -> None:
+        smoke_result: ChapterResult) -> None:
     rows = smoke_result.rows
     top1 = rows[rows["metric"] == "top1"].set_index(["dataset", "imbalance", "seed", "method"])
     # same trained model, same stage-1 wall time: the adjustment costs no training
@@ -149,7 +150,7 @@ def test_posthoc_rows_are_the_softmax_model_with_log_prior_removed(
     assert adjusted.argmax().item() == 2  # 2 − log(100/111) < −1 − log(1/111)
 
 
-def test_every_chapter_claim_finds_its_rows(smoke_result: bs.ChapterResult) -> None:
+def test_every_chapter_claim_finds_its_rows(smoke_result: ChapterResult) -> None:
     chapter = [c for c in claims.load_claims() if c.chapter == bs.CHAPTER]
     assert len(chapter) >= 6
     rows = smoke_result.rows

@@ -8,6 +8,7 @@ CPU/GPU name, start time, wall seconds and seconds per phase.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import platform
@@ -22,6 +23,7 @@ import torch
 
 from softmax_repro import distributed
 from softmax_repro.config import BaseConfig, ConfigError
+from softmax_repro.timing import PhaseTimer
 
 REQUIRED_COLUMNS = ("method", "seed", "metric", "value")
 PACKAGES = (
@@ -155,3 +157,29 @@ def read_results(
 def now() -> dt.datetime:
     """The current UTC time (the ``started`` stamp of a run)."""
     return dt.datetime.now(dt.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChapterResult:
+    """What a chapter's ``run`` returns: its rows (as written) and their provenance."""
+
+    rows: pd.DataFrame
+    provenance: dict[str, Any]
+
+
+def save_chapter(
+    chapter: str,
+    config: BaseConfig,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    results_dir: str | Path,
+    started: dt.datetime,
+    timer: PhaseTimer,
+    device: torch.device | str,
+) -> ChapterResult:
+    """Write a chapter's results (wall time = the sum of ``timer``'s phases) and read them back."""
+    path = write_results(chapter, config, rows, results_dir=results_dir, started=started,
+                         wall_s=sum(timer.seconds.values()), device=device,
+                         timings=timer.as_dict())
+    frame, provenance = read_results(path)
+    return ChapterResult(frame, provenance)

@@ -204,14 +204,6 @@ def make_config(profile: str = "cpu", seeds: Any = None, device: str = "auto",
     return _make_config(Config, PROFILES, profile, seeds, device, overrides)
 
 
-@dataclasses.dataclass(frozen=True)
-class ChapterResult:
-    """The chapter's rows (one per run, method and metric) and their provenance."""
-
-    rows: pd.DataFrame
-    provenance: dict[str, Any]
-
-
 # ---------------------------------------------------------------------------------------------
 # data and models
 
@@ -563,7 +555,7 @@ def grid(config: Config) -> list[dict[str, Any]]:
     return runs
 
 
-def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
+def run(config: Config, *, results_dir: str = "results") -> results.ChapterResult:
     """Every run of :func:`grid`; rows (plus :func:`derived_rows`) written to the results file."""
     device = training.resolve_device(config.device)
     started, timer = results.now(), PhaseTimer()
@@ -578,8 +570,5 @@ def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
     with timer("train+evaluate"):
         rows = training.run_grid(grid(config), run_one, chapter=CHAPTER)
     rows += derived_rows(pd.DataFrame.from_records(rows))
-    wall = sum(timer.seconds.values())
-    path = results.write_results(CHAPTER, config, rows, results_dir=results_dir, started=started,
-                                 wall_s=wall, device=device, timings=timer.as_dict())
-    frame, provenance = results.read_results(path)
-    return ChapterResult(frame, provenance)
+    return results.save_chapter(CHAPTER, config, rows, results_dir=results_dir, started=started,
+                                timer=timer, device=device)

@@ -157,14 +157,6 @@ def make_config(profile: str = "cpu", seeds: Any = None, device: str = "auto",
     return _make_config(Config, PROFILES, profile, seeds, device, overrides)
 
 
-@dataclasses.dataclass(frozen=True)
-class ChapterResult:
-    """The chapter's rows (one per run, metric and step) and their provenance."""
-
-    rows: pd.DataFrame
-    provenance: dict[str, Any]
-
-
 def _standardize_channels(split: Split) -> Split:
     """Images ``[N, C, H, W]`` standardised per channel with the training set's mean and std."""
     mean = split.x_train.mean(dim=(0, 2, 3), keepdim=True)
@@ -263,7 +255,7 @@ def paired_differences(rows: pd.DataFrame, pairs: list[tuple[str, str]],
     return pd.DataFrame.from_records(records)
 
 
-def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
+def run(config: Config, *, results_dir: str = "results") -> results.ChapterResult:
     """Every (dataset, increments, order, seed, method) run; rows written to the results file."""
     device = training.resolve_device(config.device)
     started, timer = results.now(), PhaseTimer()
@@ -289,8 +281,5 @@ def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
 
         with timer("train+evaluate"):
             rows = training.run_grid(grid, run_one, chapter=CHAPTER)
-        path = results.write_results(CHAPTER, config, rows, results_dir=results_dir,
-                                     started=started, wall_s=sum(timer.seconds.values()),
-                                     device=device, timings=timer.as_dict())
-    frame, provenance = results.read_results(path)
-    return ChapterResult(frame, provenance)
+        return results.save_chapter(CHAPTER, config, rows, results_dir=results_dir,
+                                    started=started, timer=timer, device=device)

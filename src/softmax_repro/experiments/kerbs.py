@@ -181,14 +181,6 @@ def make_config(profile: str = "cpu", seeds: Any = None, device: str = "auto",
     return _make_config(Config, PROFILES, profile, seeds, device, overrides)
 
 
-@dataclasses.dataclass(frozen=True)
-class ChapterResult:
-    """The chapter's rows and their provenance."""
-
-    rows: pd.DataFrame
-    provenance: dict[str, Any]
-
-
 def build_head(method: str, hidden: int, vocab: int, config: Config) -> OutputHead:
     """The output head of ``method``."""
     if method == "softmax":
@@ -412,7 +404,7 @@ def projection_frame(rows: pd.DataFrame) -> pd.DataFrame:
             .reset_index())
 
 
-def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
+def run(config: Config, *, results_dir: str = "results") -> results.ChapterResult:
     """Every synthetic (method, seed) run, then every corpus (method, seed) run; rows written."""
     device = training.resolve_device(config.device)
     started, timer = results.now(), PhaseTimer()
@@ -436,8 +428,5 @@ def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
 
     with training.cpu_threads(config.threads), timer("train+evaluate"):
         rows = training.run_grid(grid, run_one, chapter=CHAPTER)
-    path = results.write_results(CHAPTER, config, rows, results_dir=results_dir, started=started,
-                                 wall_s=sum(timer.seconds.values()), device=device,
-                                 timings=timer.as_dict())
-    frame, provenance = results.read_results(path)
-    return ChapterResult(frame, provenance)
+    return results.save_chapter(CHAPTER, config, rows, results_dir=results_dir, started=started,
+                                timer=timer, device=device)
