@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from softmax_repro import claims
 from softmax_repro import mutual_information as mi
@@ -106,10 +105,3 @@ def test_localisation_examples_shapes():
     assert examples["labels"].shape == examples["predicted"].shape == (3,)
     changed = examples["masked"] != examples["images"]
     assert (examples["masked"][changed] == 0).all()
-
-
-def test_torch_threads_restores_the_previous_count():
-    before = torch.get_num_threads()
-    with chapter.torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before

@@ -183,3 +183,22 @@ def save_chapter(
                          timings=timer.as_dict())
     frame, provenance = read_results(path)
     return ChapterResult(frame, provenance)
+
+
+def provenance_table(provenance: Mapping[str, Any]) -> pd.DataFrame:
+    """Runtime and environment of a run as a two-column table for a chapter's last section."""
+    timings = ", ".join(f"{k} {v:.0f} s" for k, v in provenance.get("timings_s", {}).items())
+    packages = provenance.get("packages", {})
+    items = {
+        "started (UTC)": provenance.get("started"),
+        "wall time (s)": round(provenance.get("wall_s", 0.0)),
+        "time by phase": timings or "—",
+        "profile": provenance.get("profile"),
+        "seeds": ", ".join(map(str, provenance.get("config", {}).get("seeds", []))),
+        "device": provenance.get("device"),
+        "CPU / GPU": provenance.get("gpu") or provenance.get("cpu"),
+        "torch threads": provenance.get("torch_threads"),
+        "commit": f"{provenance.get('commit')}{' (dirty)' if provenance.get('dirty') else ''}",
+        "Python / torch": f"{provenance.get('python')} / {packages.get('torch')}",
+    }
+    return pd.DataFrame({"item": list(items), "value": [str(v) for v in items.values()]})

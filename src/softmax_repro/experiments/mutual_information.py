@@ -18,14 +18,11 @@ Rows: ``part, method, seed, metric, value`` plus ``series`` (``main`` or ``sampl
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -155,14 +152,6 @@ def make_config(
     return _make_config(Config, PROFILES, profile, seeds, device, overrides)
 
 
-@dataclasses.dataclass(frozen=True)
-class ChapterResult:
-    """The chapter's rows (one per run and metric) and their provenance."""
-
-    rows: pd.DataFrame
-    provenance: dict[str, Any]
-
-
 def synthetic_grid(config: Config) -> list[dict[str, Any]]:
     """Run descriptions of the synthetic part (every run trains one MLP)."""
     runs = []
@@ -201,7 +190,9 @@ def synthetic_run(config: Config, run: dict[str, Any], device: torch.device) -> 
     training.seed_everything(seed)
     model = MLP(d, config.hidden, NUM_CLASSES, depth=config.depth)
     training.fit_classifier(model, mi.training_loss(method, counts), x, y, spec, seed=seed,
-                            device=device)
+                            device=device,
+                            # InfoNCE / NWJ / MINE contrast examples within the whole batch
+                            data_parallel=method not in BOUND_METHODS)
     logits = training.predict(model, x_test, batch_size=4096, device=device)
     truth = mi.exact_mutual_information(PAPER_MEANS, counts, dim=d)
     value = mi.estimate(method, logits, y_test, counts)
@@ -294,7 +285,7 @@ def localisation_examples(config: Config, seed: int, count: int = 6) -> dict[str
     ``cam_boxes``, ``infocam_boxes`` ``[n, 4]``, ``cam``/``infocam`` maps ``[n, S, S]`` (true
     class, upsampled) and ``masked`` images ``[n, S, S]`` (infoCAM region removed).
     """
-    with torch_threads(config.num_threads):
+    with training.cpu_threads(config.num_threads):
         model, test = train_localiser(config, seed, training.resolve_device(config.device))
         with torch.no_grad():
             return _example_maps(model.cpu(), test, config, count)
@@ -328,24 +319,13 @@ def _example_maps(
     return out
 
 
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the body with ``count`` torch intra-op threads, then restore the previous number."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def run(config: Config, *, results_dir: str = "results") -> ChapterResult:
+def run(config: Config, *, results_dir: str = "results") -> results.ChapterResult:
     """Every synthetic and localisation run; rows written to the results file."""
-    with torch_threads(config.num_threads):
+    with training.cpu_threads(config.num_threads):
         return _run(config, results_dir)
 
 
-def _run(config: Config, results_dir: str) -> ChapterResult:
+def _run(config: Config, results_dir: str) -> results.ChapterResult:
     device = training.resolve_device(config.device)
     started, timer = results.now(), PhaseTimer()
     grid = synthetic_grid(config) + [{"part": "localisation", "seed": s} for s in config.seeds]
@@ -362,9 +342,5 @@ def _run(config: Config, results_dir: str) -> ChapterResult:
                 for method, values in by_method.items() for k, v in values.items()]
 
     rows = training.run_grid(grid, run_one, chapter=CHAPTER)
-    path = results.write_results(
-        CHAPTER, config, rows, results_dir=results_dir, started=started,
-        wall_s=sum(timer.seconds.values()), device=device, timings=timer.as_dict(),
-    )
-    frame, provenance = results.read_results(path)
-    return ChapterResult(frame, provenance)
+    return results.save_chapter(CHAPTER, config, rows, results_dir=results_dir, started=started,
+                                timer=timer, device=device)
