@@ -150,7 +150,7 @@ def test_paper_path_runs_offline_on_a_tiny_local_parquet(tmp_path: Path,
     config = chapter.make_config("paper", seeds=[0], device="cpu", overrides={
         "model": "resnet8", "increments": [1], "methods": ["bsce_kd_m1", "ce_kd_ft_m1"],
         "epochs_base": 1, "epochs_step": 1, "finetune_epochs": 1, "batch_size": 64,
-        "torch_threads": 1,
+        "threads": 1,
         "hub_train_files": str(tmp_path / "train.parquet"),
         "hub_test_files": str(tmp_path / "test.parquet")})
     result = chapter.run(config, results_dir=str(tmp_path / "results"))

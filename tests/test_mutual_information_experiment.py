@@ -36,7 +36,7 @@ def test_profiles_build_and_cpu_matches_the_paper_setup():
         ({"lr": -1.0}, "lr"),
         ({"canvas_size": 10}, "canvas_size"),
         ({"sample_sizes": [1]}, "sample_sizes"),
-        ({"num_threads": 0}, "num_threads"),
+        ({"threads": -1}, "threads"),
     ],
 )
 def test_bad_values_raise_config_error(overrides, message):

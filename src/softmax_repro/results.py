@@ -197,7 +197,8 @@ def provenance_table(provenance: Mapping[str, Any]) -> pd.DataFrame:
         "seeds": ", ".join(map(str, provenance.get("config", {}).get("seeds", []))),
         "device": provenance.get("device"),
         "CPU / GPU": provenance.get("gpu") or provenance.get("cpu"),
-        "torch threads": provenance.get("torch_threads"),
+        "torch threads": provenance.get("config", {}).get("threads")
+        or provenance.get("torch_threads"),
         "commit": f"{provenance.get('commit')}{' (dirty)' if provenance.get('dirty') else ''}",
         "Python / torch": f"{provenance.get('python')} / {packages.get('torch')}",
     }

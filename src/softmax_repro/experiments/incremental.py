@@ -69,7 +69,7 @@ class Config(BaseConfig):
         finetune_lr: its learning rate (classifier only, cosine).
         kd_weight: weight λ of the distillation term (``_kd`` methods).
         kd_temperature: distillation temperature T.
-        torch_threads: intra-op threads while the chapter runs (restored afterwards); 1 suits the
+        threads: intra-op threads while the chapter runs (restored afterwards); 1 suits the
             small models of the ``cpu`` profile, 0 keeps torch's setting.
         hub_train_files: local parquet file(s) of the cifar100 train split in the hub schema
             (glob allowed); ``None`` loads ``uoft-cs/cifar100`` from the hub.
@@ -93,7 +93,7 @@ class Config(BaseConfig):
     finetune_lr: float = 0.01
     kd_weight: float = 1.0
     kd_temperature: float = 2.0
-    torch_threads: int = 1
+    threads: int = 1
     hub_train_files: str | None = None
     hub_test_files: str | None = None
 
@@ -121,7 +121,7 @@ class Config(BaseConfig):
         for field in ("hidden", "epochs_base", "epochs_step", "batch_size", "finetune_epochs"):
             check_int(field, getattr(self, field), 1)
         check_int("num_samples", self.num_samples, 100)
-        check_int("torch_threads", self.torch_threads, 0)
+        check_int("threads", self.threads, 0)
         for field in ("lr", "finetune_lr", "kd_weight", "kd_temperature"):
             check_positive(field, getattr(self, field))
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
@@ -147,7 +147,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "methods": ("ce_m20", "bsce_m20", "ce_kd_m20", "bsce_kd_m20", "ce_kd_ft_m20",
                           "ce_kd_m0", "bsce_kd_m0"),
               "epochs_base": 160, "epochs_step": 160, "batch_size": 128, "lr": 0.1,
-              "finetune_epochs": 20, "finetune_lr": 0.01, "torch_threads": 0},
+              "finetune_epochs": 20, "finetune_lr": 0.01, "threads": 0},
 }
 
 
@@ -259,7 +259,7 @@ def run(config: Config, *, results_dir: str = "results") -> results.ChapterResul
     """Every (dataset, increments, order, seed, method) run; rows written to the results file."""
     device = training.resolve_device(config.device)
     started, timer = results.now(), PhaseTimer()
-    with training.cpu_threads(config.torch_threads):
+    with training.cpu_threads(config.threads):
         with timer("data"):
             sources = {name: load_dataset(name, config) for name in config.datasets}
         grid = [{"dataset": d, "increments": k, "order": o, "seed": s, "method": m}

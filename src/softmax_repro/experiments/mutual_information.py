@@ -80,7 +80,7 @@ class Config(BaseConfig):
         region_size: side of infoCAM's all-ones summation kernel on the feature map.
         box_threshold: fraction of the map's maximum that defines the box (paper: 0.2).
         min_iou: IoU for a correct localisation (paper: 0.5).
-        num_threads: torch intra-op threads during the run. The small MLP and CNN gain little from
+        threads: torch intra-op threads during the run. The small MLP and CNN gain little from
             a second thread and lose up to 10× when the cores are shared with other processes.
     """
 
@@ -106,7 +106,7 @@ class Config(BaseConfig):
     region_size: int = 3
     box_threshold: float = 0.2
     min_iou: float = 0.5
-    num_threads: int = 1
+    threads: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,7 +122,7 @@ class Config(BaseConfig):
             check_int(name, getattr(self, name), 2)
         for name in ("epochs", "batch_size", "hidden", "depth", "loc_train", "loc_test",
                      "cnn_width", "cnn_epochs", "cnn_batch_size", "region_size", "digit_scale",
-                     "num_threads"):
+                     "threads"):
             check_int(name, getattr(self, name), 1)
         check_int("canvas_size", self.canvas_size, 8 * self.digit_scale)
         for name in ("lr", "cnn_lr"):
@@ -285,7 +285,7 @@ def localisation_examples(config: Config, seed: int, count: int = 6) -> dict[str
     ``cam_boxes``, ``infocam_boxes`` ``[n, 4]``, ``cam``/``infocam`` maps ``[n, S, S]`` (true
     class, upsampled) and ``masked`` images ``[n, S, S]`` (infoCAM region removed).
     """
-    with training.cpu_threads(config.num_threads):
+    with training.cpu_threads(config.threads):
         model, test = train_localiser(config, seed, training.resolve_device(config.device))
         with torch.no_grad():
             return _example_maps(model.cpu(), test, config, count)
@@ -321,7 +321,7 @@ def _example_maps(
 
 def run(config: Config, *, results_dir: str = "results") -> results.ChapterResult:
     """Every synthetic and localisation run; rows written to the results file."""
-    with training.cpu_threads(config.num_threads):
+    with training.cpu_threads(config.threads):
         return _run(config, results_dir)
 
 
