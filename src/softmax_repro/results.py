@@ -39,6 +39,7 @@ PACKAGES = (
     "jupyter-book",
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PRODUCING_PATHS = ("src", "notebooks", "data", "pyproject.toml", "Makefile")
 
 
 def _git(*args: str) -> str:
@@ -71,7 +72,9 @@ def environment(device: torch.device | str) -> dict[str, Any]:
             versions[name] = None
     device = torch.device(device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # dirty = uncommitted edits to what produces numbers; outputs (results, executed chapters)
+    # rewritten earlier in the same book run do not count
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", *PRODUCING_PATHS)
     return {
         "commit": _git("rev-parse", "HEAD") or None,
         "dirty": bool(status),
