@@ -141,6 +141,15 @@ def test_verify_compares_numbers_exactly_or_within_tolerance():
     assert compare_rows(drifted, committed, tolerance=1e-3)["match"].all()
     missing = compare_rows(committed.iloc[:1], committed)
     assert missing["match"].tolist() == [True, False]
+    timed = pd.concat([committed, committed.assign(metric="train_s", value=[3.0, 4.0])])
+    assert len(compare_rows(timed.assign(value=timed["value"] * 2), timed)) == 2  # timings left out
+
+
+def test_timing_metrics_are_recognised():
+    from softmax_repro.results import is_timing_metric
+
+    assert all(map(is_timing_metric, ["train_s", "train_s_inc", "tokens_per_s", "wall_s"]))
+    assert not any(map(is_timing_metric, ["top1", "nll", "avg_inc_acc", "senses_per_word"]))
 
 
 GRID_SOURCE = """

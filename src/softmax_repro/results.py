@@ -26,6 +26,9 @@ from softmax_repro.config import BaseConfig, ConfigError
 from softmax_repro.timing import PhaseTimer
 
 REQUIRED_COLUMNS = ("method", "seed", "metric", "value")
+TIMING_METRIC_SUFFIXES = ("_s", "_s_inc", "_per_s")
+"""Metric names ending so measure time (seconds, per-second rates): real results, but not
+reproducible to the bit, so determinism checks and ``make verify`` leave them out."""
 PACKAGES = (
     "torch",
     "numpy",
@@ -206,3 +209,14 @@ def provenance_table(provenance: Mapping[str, Any]) -> pd.DataFrame:
         "Python / torch": f"{provenance.get('python')} / {packages.get('torch')}",
     }
     return pd.DataFrame({"item": list(items), "value": [str(v) for v in items.values()]})
+
+
+def is_timing_metric(metric: str) -> bool:
+    """Whether ``metric`` measures wall time (see :data:`TIMING_METRIC_SUFFIXES`)."""
+    return metric.endswith(TIMING_METRIC_SUFFIXES)
+
+
+def without_timings(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` minus timing metrics and the ``wall_s`` column, index reset."""
+    kept = rows[~rows["metric"].map(is_timing_metric)]
+    return kept.drop(columns=["wall_s"], errors="ignore").reset_index(drop=True)

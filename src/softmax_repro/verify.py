@@ -2,6 +2,7 @@
 
 Rows are matched on every column except ``value`` and ``wall_s``; a number matches when
 ``|fresh − committed| <= tolerance`` (0 = bit-identical, the expectation on the same machine).
+Timing metrics (seconds, tokens per second) are left out: they are measurements of the machine.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from softmax_repro.results import read_results
+from softmax_repro.results import read_results, without_timings
 
 IGNORED = ("value", "wall_s")
 
@@ -22,6 +23,7 @@ def compare_rows(
 
     A number present on one side only counts as a mismatch (value NaN on the other side).
     """
+    fresh, committed = without_timings(fresh), without_timings(committed)
     keys = [c for c in committed.columns if c not in IGNORED]
     if set(keys) != {c for c in fresh.columns if c not in IGNORED}:
         raise ValueError(
