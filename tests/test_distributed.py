@@ -6,6 +6,7 @@ on a tiny script with the gloo backend (CPU), exactly as ``make chapter ... NPRO
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -82,9 +83,18 @@ def _launch(tmp_path: Path, nproc: int | None) -> list[dict]:
     env["OMP_NUM_THREADS"] = "1"
     launcher = [] if nproc is None else [
         "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    done = subprocess.run([sys.executable, *launcher, str(script), str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    for attempt in range(2):
+        done = subprocess.run([sys.executable, *launcher, str(script), str(tmp_path)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        # gloo's TCP transport on a loaded CI machine occasionally drops a loopback pair
+        # ("Connection closed by peer"); that is the launcher's plumbing, not our numbers, so a
+        # clean second launch is allowed once. Any other failure fails at once.
+        if done.returncode == 0 or "Connection closed by peer" not in done.stderr or attempt:
+            break
+        for leftover in [*tmp_path.glob("rank*.json"), tmp_path / "ckpt", tmp_path / "results"]:
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
+    rank_lines = [line for line in done.stderr.splitlines() if "[rank1]" in line]
+    assert done.returncode == 0, "\n".join(rank_lines[-40:]) + done.stderr[-3000:]
     return [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
 
 
