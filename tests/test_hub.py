@@ -16,9 +16,8 @@ Image = pytest.importorskip("PIL.Image")
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _offline(hub_offline: None) -> None:
+    """Every test here runs with the HuggingFace libraries offline (``conftest.hub_offline``)."""
 
 
 def _pixels(n: int, seed: int = 0) -> np.ndarray:

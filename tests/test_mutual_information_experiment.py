@@ -37,6 +37,7 @@ def test_profiles_build_and_cpu_matches_the_paper_setup():
         ({"canvas_size": 10}, "canvas_size"),
         ({"sample_sizes": [1]}, "sample_sizes"),
         ({"threads": -1}, "threads"),
+        ({"loc_dataset": "tiny-imagenet"}, "loc_dataset='tiny-imagenet'.*'digits', 'cub200'"),
     ],
 )
 def test_bad_values_raise_config_error(overrides, message):
@@ -82,6 +83,7 @@ def test_tiny_run_writes_rows_for_every_part(tmp_path):
     assert (errors["mi_error"] - (errors["mi_estimate"] - errors["mi_true"])).abs().max() < 1e-9
     assert ((errors["balanced_accuracy"] >= 0) & (errors["balanced_accuracy"] <= 1)).all()
     local = rows[rows["part"] == "localisation"]
+    assert set(local["dataset"]) == {"digits-canvas"} and synthetic["dataset"].isna().all()
     assert set(local["method"]) == {"cnn", "cam", "infocam", "info_mask", "random_mask"}
     for metric in ("top1_loc", "gt_known_loc", "mean_iou", "masked_accuracy"):
         values = local[local["metric"] == metric]["value"]

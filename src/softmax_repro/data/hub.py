@@ -15,12 +15,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from softmax_repro.config import check_choice
+
+if TYPE_CHECKING:
+    import datasets
 
 
 @dataclass(frozen=True)
@@ -65,27 +69,47 @@ def load_hub_images(
         ConfigError: unknown ``name`` or ``split`` (before anything is loaded).
         ValueError: the loaded table lacks the expected columns or has out-of-range labels.
     """
-    import datasets  # heavy import, only needed on this path
-
     check_choice("dataset", name, tuple(HUB_IMAGE_DATASETS))
     spec = HUB_IMAGE_DATASETS[name]
     check_choice("split", split, spec.splits)
+    table = load_hub_table(name, spec.repo, split, [spec.image_column, spec.label_column],
+                           data_files=data_files, cache_dir=cache_dir)
+    columns = table.with_format("numpy")[:]
+    return _images_to_tensor(columns[spec.image_column]), _labels_to_tensor(
+        columns[spec.label_column], spec.num_classes)
+
+
+def load_hub_table(
+    name: str,
+    repo: str,
+    split: str,
+    columns: Sequence[str],
+    *,
+    data_files: str | Path | Sequence[str | Path] | None = None,
+    cache_dir: str | Path | None = None,
+) -> datasets.Dataset:
+    """One split of a hub set (``repo``) or of local parquet ``data_files`` in its schema, reduced
+    to ``columns``.
+
+    Raises:
+        ValueError: the table lacks one of ``columns`` (the message names it and ``name``).
+    """
+    import datasets  # heavy import, only needed on this path
+
     cache = None if cache_dir is None else str(cache_dir)
     if data_files is None:
-        table = datasets.load_dataset(spec.repo, split=split, cache_dir=cache)
+        table = datasets.load_dataset(repo, split=split, cache_dir=cache)
     else:
         single = isinstance(data_files, str | Path)
         files = [str(data_files)] if single else [str(f) for f in data_files]
         table = datasets.load_dataset("parquet", data_files={split: files}, split=split,
                                       cache_dir=cache)
-    missing = {spec.image_column, spec.label_column} - set(table.column_names)
+    missing = set(columns) - set(table.column_names)
     if missing:
         raise ValueError(
             f"{name} ({split}) lacks column(s) {sorted(missing)}; found {table.column_names}"
         )
-    columns = table.select_columns([spec.image_column, spec.label_column]).with_format("numpy")[:]
-    return _images_to_tensor(columns[spec.image_column]), _labels_to_tensor(
-        columns[spec.label_column], spec.num_classes)
+    return table.select_columns(list(columns))
 
 
 def _images_to_tensor(images: np.ndarray) -> Tensor:

@@ -21,8 +21,9 @@ class LocalisationSet:
     """Canvases, labels and ground-truth boxes.
 
     Attributes:
-        images: float32 ``[N, 1, S, S]`` (ink in [0, 1] plus noise).
-        labels: int64 ``[N]`` digit classes 0..9.
+        images: float32 ``[N, C, S, S]``: ``C = 1`` for Digits canvases (ink in [0, 1] plus
+            noise), ``C = 3`` for RGB photographs (e.g. CUB-200-2011 from the hub, in [0, 1]).
+        labels: int64 ``[N]`` classes (digits 0..9, or the photo set's classes).
         boxes: int64 ``[N, 4]`` inclusive ``(x0, y0, x1, y1)`` of the ink.
     """
 

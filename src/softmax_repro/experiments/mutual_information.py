@@ -8,12 +8,22 @@ Two parts, one results file:
   ``pc_softmax``, ``infonce``, ``nwj``, ``mine``) and scores it on a test set against the exact MI.
   Extra balanced ``softmax`` runs at smaller training sizes give the error-vs-sample-size curve;
   they take the same number of optimizer steps as the main runs.
-* ``localisation``: a GAP CNN trained with labels only on Digits pasted on noisy canvases; CAM and
-  infoCAM boxes are scored against the known boxes, and the infoCAM region of the true class is
+* ``localisation``: a GAP CNN trained with labels only on Digits pasted on noisy canvases
+  (``loc_dataset="digits"``, the ``smoke`` and ``cpu`` profiles) or on CUB-200-2011 with its boxes
+  through ``datasets.load_dataset`` (``loc_dataset="cub200"``, the ``paper`` profile); CAM and
+  infoCAM boxes are scored against the true boxes, and the infoCAM region of the true class is
   masked out (information masking) against a same-area mask at a random place.
 
+The ``paper`` profile's CUB run deviates from the paper: the paper fine-tunes ImageNet-pretrained
+ResNet/VGG backbones, which cannot be downloaded here, so a from-scratch GAP CNN (four 3×3
+convolutions) sees 224×224 images. It needs the ~1.1 GB hub download (or a local copy given as
+``loc_data_files``) and a GPU (the two splits take ~7 GB as float32 at 224×224 and are decoded
+again for every seed); it is tested on CPU only on tiny local parquet files in the hub's schema.
+Tiny-ImageNet's localisation is not attempted: its hub copy has no boxes.
+
 Rows: ``part, method, seed, metric, value`` plus ``series`` (``main`` or ``sample_size``),
-``balance``, ``d`` and ``n_per_class`` (synthetic only).
+``balance``, ``d`` and ``n_per_class`` (synthetic only) and ``dataset`` (localisation only:
+``digits-canvas`` or ``cub200``).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from softmax_repro import mutual_information as mi
 from softmax_repro.config import (
     BaseConfig,
     ConfigError,
+    check_choice,
     check_in_range,
     check_int,
     check_positive,
@@ -38,6 +49,11 @@ from softmax_repro.config import (
 )
 from softmax_repro.config import (
     make_config as _make_config,
+)
+from softmax_repro.data.hub_localisation import (
+    HUB_LOCALISATION_DATASETS,
+    load_hub_localisation,
+    local_split_files,
 )
 from softmax_repro.data.localization import LocalisationSet, load_digit_localisation
 from softmax_repro.data.synthetic import PAPER_MEANS, class_counts, sample_gaussian_classes
@@ -49,6 +65,10 @@ BOUND_METHODS = ("infonce", "nwj", "mine")
 IMBALANCED_METHODS = ("softmax", "pc_softmax")
 NUM_CLASSES = len(PAPER_MEANS)
 DIGIT_CLASSES = 10
+LOC_DATASETS = {"digits": "digits-canvas", "cub200": "cub200"}
+"""Localisation sources (``loc_dataset`` values) and the ``dataset`` label of their rows."""
+SCORE_CHUNK_PIXELS = 2**22
+"""Test images are scored in chunks of at most this many pixels per channel (whole images)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,16 +88,22 @@ class Config(BaseConfig):
         lr: Adam learning rate.
         hidden: MLP width (paper: 100).
         depth: MLP hidden layers (paper: 3).
-        loc_train: training canvases of the localisation set.
-        loc_test: test canvases.
-        canvas_size: canvas side in pixels.
+        loc_dataset: localisation source: ``digits`` (Digits on noisy canvases, embedded) or
+            ``cub200`` (CUB-200-2011 with boxes from the hub, whole train/test splits).
+        loc_data_files: ``cub200`` only: a directory, or a glob with ``{split}``, of local
+            parquet files in the hub schema holding ``train`` and ``test``; ``None`` = the hub id.
+        loc_image_size: ``cub200`` only: side of the resized square images (paper: 224).
+        loc_train: training canvases of the ``digits`` set.
+        loc_test: test canvases of the ``digits`` set.
+        canvas_size: ``digits`` canvas side in pixels.
         digit_scale: enlargement of the 8×8 digits.
         noise_std: background noise standard deviation.
         cnn_width: channels of the GAP CNN's first block (the second has twice as many).
         cnn_epochs: passes over the localisation training set.
         cnn_batch_size: canvases per Adam step.
         cnn_lr: Adam learning rate of the CNN.
-        region_size: side of infoCAM's all-ones summation kernel on the feature map.
+        region_size: side of infoCAM's all-ones summation kernel on the feature map (paper:
+            4 on CUB, 3 on Tiny-ImageNet).
         box_threshold: fraction of the map's maximum that defines the box (paper: 0.2).
         min_iou: IoU for a correct localisation (paper: 0.5).
         threads: torch intra-op threads during the run. The small MLP and CNN gain little from
@@ -89,6 +115,9 @@ class Config(BaseConfig):
     test_per_class: int = 2_000
     sample_sizes: tuple[int, ...] = (250, 1_000)
     bound_methods: tuple[str, ...] = BOUND_METHODS
+    loc_dataset: str = "digits"
+    loc_data_files: str | None = None
+    loc_image_size: int = 224
     epochs: int = 15
     batch_size: int = 2_000
     lr: float = 3e-3
@@ -125,6 +154,14 @@ class Config(BaseConfig):
                      "threads"):
             check_int(name, getattr(self, name), 1)
         check_int("canvas_size", self.canvas_size, 8 * self.digit_scale)
+        check_choice("loc_dataset", self.loc_dataset, tuple(LOC_DATASETS))
+        check_int("loc_image_size", self.loc_image_size, 8)
+        if self.loc_data_files is not None and (
+                not isinstance(self.loc_data_files, str) or not self.loc_data_files.strip()):
+            raise ConfigError(
+                f"loc_data_files={self.loc_data_files!r} is not allowed; give None (the hub id) "
+                "or a directory / glob with '{split}' of local parquet files"
+            )
         for name in ("lr", "cnn_lr"):
             check_positive(name, getattr(self, name))
         check_positive("noise_std", self.noise_std, allow_zero=True)
@@ -138,6 +175,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "loc_test": 100, "cnn_epochs": 1, "cnn_width": 8},
     "cpu": {"seeds": (0, 1, 2, 3, 4)},
     "paper": {"seeds": (0, 1, 2, 3, 4), "epochs": 100, "lr": 1e-3, "sample_sizes": (250, 1_000),
+              "loc_dataset": "cub200", "loc_image_size": 224, "region_size": 4,
               "loc_train": 20_000, "loc_test": 5_000, "cnn_epochs": 30},
 }
 
@@ -216,46 +254,100 @@ def localisation_scores(
     Returns ``{method: {metric: value}}`` for methods ``cnn`` (classification), ``cam``,
     ``infocam`` (top-1 and ground-truth-class localisation, mean IoU) and ``info_mask`` /
     ``random_mask`` (drop of the point-wise MI ``log K + log softmax_y``, accuracy after masking).
+    Maps are upsampled to the test images' size; the images are processed in chunks of
+    :data:`SCORE_CHUNK_PIXELS` (a 32×32 set of up to 4,096 images is one chunk).
     """
     model.eval()
-    size = (config.canvas_size, config.canvas_size)
     logits = training.predict(model, test.images)
     predicted = logits.argmax(dim=1)
-    features = model.feature_maps(test.images.to(next(model.parameters()).device)).cpu()
-    weight = model.classifier.weight.detach().cpu()
     correct_class = (predicted == test.labels).numpy()
-    boxes = [tuple(b) for b in test.boxes.tolist()]
+    rng = np.random.default_rng(seed)
+    height, width = test.images.shape[-2:]
+    chunk = max(1, SCORE_CHUNK_PIXELS // (height * width))
+    parts = [_chunk_scores(model, test, predicted, slice(start, start + chunk), config, rng)
+             for start in range(0, len(test), chunk)]
+    merged = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     scores: dict[str, dict[str, float]] = {"cnn": {"top1": float(correct_class.mean())}}
-    makers = {
-        "cam": lambda c: cam.class_maps(features, weight, c),
-        "infocam": lambda c: cam.info_maps(features, weight, c, config.region_size),
-    }
-    info_true = None
-    for name, make in makers.items():
-        top1_maps = cam.upsample(make(predicted), size).numpy()
-        true_maps = cam.upsample(make(test.labels), size).numpy()
-        top1_iou = np.array([cam.iou(cam.box_from_map(m, config.box_threshold), b)
-                             for m, b in zip(top1_maps, boxes, strict=True)])
-        true_iou = np.array([cam.iou(cam.box_from_map(m, config.box_threshold), b)
-                             for m, b in zip(true_maps, boxes, strict=True)])
+    for name in ("cam", "infocam"):
+        top1_iou, true_iou = merged[f"{name}_top1_iou"], merged[f"{name}_true_iou"]
         scores[name] = {
             "top1_loc": float(np.mean(correct_class & (top1_iou >= config.min_iou))),
             "gt_known_loc": float(np.mean(true_iou >= config.min_iou)),
             "mean_iou": float(true_iou.mean()),
         }
-        if name == "infocam":
-            info_true = true_maps
-    masks = np.stack([cam.threshold_mask(m, config.box_threshold) for m in info_true])
-    random_masks = cam.shifted_masks(masks, np.random.default_rng(seed))
     base_pmi = mi.pointwise_mi(logits, test.labels)
-    for name, chosen in (("info_mask", masks), ("random_mask", random_masks)):
-        masked_logits = training.predict(model, cam.apply_mask(test.images, chosen))
+    for name in ("info_mask", "random_mask"):
+        masked_logits = torch.from_numpy(merged[f"{name}_logits"])
         scores[name] = {
             "pmi_drop": float((base_pmi - mi.pointwise_mi(masked_logits, test.labels)).mean()),
             "masked_accuracy": metrics.accuracy(masked_logits, test.labels),
-            "masked_fraction": float(chosen.mean()),
+            "masked_fraction": float(merged[f"{name}_pixels"].sum() / (len(test) * height * width)),
         }
     return scores
+
+
+def _chunk_scores(
+    model: GapCNN,
+    test: LocalisationSet,
+    predicted: torch.Tensor,
+    rows: slice,
+    config: Config,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Per-image results of :func:`localisation_scores` for the test images ``rows``.
+
+    Returns ``{method}_top1_iou`` / ``{method}_true_iou`` ``[n]`` for ``cam`` and ``infocam``, and
+    ``{mask}_logits`` ``[n, K]`` / ``{mask}_pixels`` ``[n]`` (masked pixel counts) for
+    ``info_mask`` and ``random_mask``. ``rng`` places the random masks (consumed in image order).
+    """
+    images, labels, chosen_classes = test.images[rows], test.labels[rows], predicted[rows]
+    size = (images.shape[-2], images.shape[-1])
+    features = model.feature_maps(images.to(next(model.parameters()).device)).cpu()
+    weight = model.classifier.weight.detach().cpu()
+    boxes = [tuple(b) for b in test.boxes[rows].tolist()]
+    makers = {
+        "cam": lambda c: cam.class_maps(features, weight, c),
+        "infocam": lambda c: cam.info_maps(features, weight, c, config.region_size),
+    }
+    out: dict[str, np.ndarray] = {}
+    for name, make in makers.items():
+        for kind, classes in (("top1", chosen_classes), ("true", labels)):
+            maps = cam.upsample(make(classes), size).numpy()
+            out[f"{name}_{kind}_iou"] = np.array(
+                [cam.iou(cam.box_from_map(m, config.box_threshold), b)
+                 for m, b in zip(maps, boxes, strict=True)])
+            if name == "infocam" and kind == "true":
+                info_true = maps
+    masks = np.stack([cam.threshold_mask(m, config.box_threshold) for m in info_true])
+    for name, chosen in (("info_mask", masks), ("random_mask", cam.shifted_masks(masks, rng))):
+        out[f"{name}_logits"] = training.predict(model, cam.apply_mask(images, chosen)).numpy()
+        out[f"{name}_pixels"] = chosen.sum(axis=(1, 2))
+    return out
+
+
+def localisation_sets(
+    config: Config, seed: int
+) -> tuple[LocalisationSet, LocalisationSet, int]:
+    """Train set, test set and number of classes of ``config.loc_dataset``.
+
+    ``digits`` draws new canvases from ``seed``; ``cub200`` loads the hub's ``train`` and ``test``
+    splits (the same for every seed) at ``loc_image_size``, from ``loc_data_files`` when given.
+    """
+    if config.loc_dataset == "digits":
+        train, test = load_digit_localisation(
+            config.loc_train, config.loc_test, canvas_size=config.canvas_size,
+            scale=config.digit_scale, noise_std=config.noise_std, seed=seed,
+        )
+        return train, test, DIGIT_CLASSES
+    train, test = (
+        load_hub_localisation(
+            config.loc_dataset, split, image_size=config.loc_image_size,
+            data_files=None if config.loc_data_files is None
+            else local_split_files(config.loc_data_files, split),
+        )
+        for split in ("train", "test")
+    )
+    return train, test, HUB_LOCALISATION_DATASETS[config.loc_dataset].num_classes
 
 
 def train_localiser(
@@ -265,12 +357,9 @@ def train_localiser(
 
     Returns the trained model (in eval mode) and the test set.
     """
-    train, test = load_digit_localisation(
-        config.loc_train, config.loc_test, canvas_size=config.canvas_size,
-        scale=config.digit_scale, noise_std=config.noise_std, seed=seed,
-    )
+    train, test, num_classes = localisation_sets(config, seed)
     training.seed_everything(seed)
-    model = GapCNN(DIGIT_CLASSES, width=config.cnn_width)
+    model = GapCNN(num_classes, width=config.cnn_width, in_channels=int(train.images.shape[1]))
     spec = training.TrainSpec(epochs=config.cnn_epochs, batch_size=config.cnn_batch_size,
                               lr=config.cnn_lr, optimizer="adam")
     training.fit_classifier(model, F.cross_entropy, train.images, train.labels, spec, seed=seed,
@@ -281,9 +370,10 @@ def train_localiser(
 def localisation_examples(config: Config, seed: int, count: int = 6) -> dict[str, np.ndarray]:
     """Re-train the localiser of ``seed`` (deterministic); return maps of ``count`` test canvases.
 
-    Returns arrays: ``images`` ``[n, S, S]``, ``labels``/``predicted`` ``[n]``, ``true_boxes``,
-    ``cam_boxes``, ``infocam_boxes`` ``[n, 4]``, ``cam``/``infocam`` maps ``[n, S, S]`` (true
-    class, upsampled) and ``masked`` images ``[n, S, S]`` (infoCAM region removed).
+    Returns arrays: ``images`` ``[n, S, S]`` (one channel) or ``[n, S, S, 3]`` (RGB),
+    ``labels``/``predicted`` ``[n]``, ``true_boxes``, ``cam_boxes``, ``infocam_boxes`` ``[n, 4]``,
+    ``cam``/``infocam`` maps ``[n, S, S]`` (true class, upsampled) and ``masked`` images shaped
+    like ``images`` (infoCAM region removed).
     """
     with training.cpu_threads(config.threads):
         model, test = train_localiser(config, seed, training.resolve_device(config.device))
@@ -298,7 +388,7 @@ def _example_maps(
     images, labels = test.images[:count], test.labels[:count]
     features = model.feature_maps(images)
     weight = model.classifier.weight
-    size = (config.canvas_size, config.canvas_size)
+    size = (images.shape[-2], images.shape[-1])
     maps = {
         "cam": cam.upsample(cam.class_maps(features, weight, labels), size).numpy(),
         "infocam": cam.upsample(cam.info_maps(features, weight, labels, config.region_size),
@@ -306,17 +396,24 @@ def _example_maps(
     }
     masks = np.stack([cam.threshold_mask(m, config.box_threshold) for m in maps["infocam"]])
     out = {
-        "images": images[:, 0].numpy(),
+        "images": _displayable(images),
         "labels": labels.numpy(),
         "predicted": model(images).argmax(dim=1).numpy(),
         "true_boxes": test.boxes[:count].numpy(),
-        "masked": cam.apply_mask(images, masks)[:, 0].numpy(),
+        "masked": _displayable(cam.apply_mask(images, masks)),
         **maps,
     }
     for name in ("cam", "infocam"):
         out[f"{name}_boxes"] = np.array([cam.box_from_map(m, config.box_threshold)
                                          for m in maps[name]])
     return out
+
+
+def _displayable(images: torch.Tensor) -> np.ndarray:
+    """``[n, 1, S, S]`` -> ``[n, S, S]``; ``[n, 3, S, S]`` -> ``[n, S, S, 3]`` (for ``imshow``)."""
+    if images.shape[1] == 1:
+        return images[:, 0].numpy()
+    return images.permute(0, 2, 3, 1).numpy()
 
 
 def run(config: Config, *, results_dir: str = "results") -> results.ChapterResult:
@@ -328,7 +425,10 @@ def run(config: Config, *, results_dir: str = "results") -> results.ChapterResul
 def _run(config: Config, results_dir: str) -> results.ChapterResult:
     device = training.resolve_device(config.device)
     started, timer = results.now(), PhaseTimer()
-    grid = synthetic_grid(config) + [{"part": "localisation", "seed": s} for s in config.seeds]
+    grid = synthetic_grid(config) + [
+        {"part": "localisation", "dataset": LOC_DATASETS[config.loc_dataset], "seed": s}
+        for s in config.seeds
+    ]
 
     def run_one(run: dict[str, Any]) -> list[dict[str, Any]]:
         if run["part"] == "synthetic":
