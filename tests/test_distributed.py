@@ -44,16 +44,40 @@ SCRIPT = textwrap.dedent(
         local_examples[0] += logits.shape[0]
         return nn.functional.cross_entropy(logits, target)
 
+    def fit_generic(model, xs, ys, spec, seed, data_parallel):
+        # chapter 02's way: training.fit with its own batches and a two-term objective
+        generator = torch.Generator().manual_seed(seed)
+        teacher = MLP(8, 16, 3)
+
+        def make_batches(epoch):
+            for idx in training.tensor_batches(xs.shape[0], spec.batch_size, generator):
+                yield xs[idx], ys[idx]
+
+        def compute_loss(net, batch):
+            xb, yb = batch
+            logits = net(xb)
+            with torch.no_grad():
+                soft = teacher(xb).softmax(dim=1)
+            return loss_fn(logits, yb) - 0.1 * (soft * logits.log_softmax(dim=1)).sum(1).mean()
+
+        return training.fit(model, compute_loss, make_batches, spec,
+                            steps_per_epoch=-(-xs.shape[0] // spec.batch_size),
+                            data_parallel=data_parallel)
+
     def run_one(run):
         local_examples[0] = 0
         training.seed_everything(run["seed"])
         model = MLP(8, 16, 3)
         spec = training.TrainSpec(epochs=4, batch_size=50, lr=0.2, schedule="cosine")
         n = run["n"]  # 301: the last batch has 1 example, so rank 1's shard is empty
-        log = training.fit_classifier(model, loss_fn, x[:n], y[:n], spec, seed=run["seed"],
-                                      device=device, data_parallel=run["data_parallel"])
+        if run.get("api") == "fit":
+            log = fit_generic(model, x[:n], y[:n], spec, run["seed"], run["data_parallel"])
+        else:
+            log = training.fit_classifier(model, loss_fn, x[:n], y[:n], spec, seed=run["seed"],
+                                          device=device, data_parallel=run["data_parallel"])
         weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-        return [{"method": "mlp", "seed": run["seed"], "metric": "loss", "value": v, "epoch": i,
+        return [{"method": run.get("api", "fit_classifier"), "seed": run["seed"],
+                 "metric": "loss", "value": v, "epoch": i,
                  "n": n, "data_parallel": run["data_parallel"], "samples": log.samples,
                  "steps": log.steps, "local_examples": local_examples[0],
                  "weights": weights.tolist()}
@@ -61,7 +85,8 @@ SCRIPT = textwrap.dedent(
 
     grid = [{"seed": 0, "n": 303, "data_parallel": True},
             {"seed": 0, "n": 301, "data_parallel": True},
-            {"seed": 0, "n": 301, "data_parallel": False}]
+            {"seed": 0, "n": 301, "data_parallel": False},
+            {"seed": 0, "n": 303, "data_parallel": True, "api": "fit"}]
     rows = training.run_grid(grid, run_one, chapter="toy", checkpoint_dir=out / "ckpt")
     config = BaseConfig(profile="smoke", seeds=(0,), device="cpu")
     path = results.write_results("toy", config, rows, results_dir=out / "results",
@@ -105,24 +130,26 @@ def runs(tmp_path_factory):
     return one, _launch(one, None), two, _launch(two, 2)
 
 
-def _rows(report, data_parallel, n=301):
+def _rows(report, data_parallel, n=301, api="fit_classifier"):
     """The report's rows of one run, without their wall-clock seconds."""
     return [{k: v for k, v in r.items() if k != "wall_s"}
-            for r in report["rows"] if r["data_parallel"] is data_parallel and r["n"] == n]
+            for r in report["rows"]
+            if r["data_parallel"] is data_parallel and r["n"] == n and r["method"] == api]
 
 
-@pytest.mark.parametrize("n", [303, 301])
-def test_two_process_run_matches_one_process_run(runs, n):
+@pytest.mark.parametrize(("n", "api"), [(303, "fit_classifier"), (301, "fit_classifier"),
+                                        (303, "fit")])
+def test_two_process_run_matches_one_process_run(runs, n, api):
     _, (single,), _, pair = runs
     assert [r["rank"] for r in pair] == [0, 1] and all(r["world"] == 2 for r in pair)
-    one = _rows(single, True, n)
+    one = _rows(single, True, n, api)
     # every epoch's global mean loss agrees; the tolerance covers float32 summation order only
     # (gradient averaged over 2 shards vs over the whole batch; measured here: 6e-8 on the loss,
     # 2e-7 on the weights after 28 optimizer steps)
     losses_1 = torch.tensor([row["value"] for row in one])
     assert losses_1[-1] < 0.8 * losses_1[0]  # it learns, so the comparison is not vacuous
     for report in pair:
-        two = _rows(report, True, n)
+        two = _rows(report, True, n, api)
         losses_2 = torch.tensor([row["value"] for row in two])
         torch.testing.assert_close(losses_2, losses_1, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(torch.tensor(two[-1]["weights"]),
@@ -130,7 +157,8 @@ def test_two_process_run_matches_one_process_run(runs, n):
         assert two[0]["samples"] == one[0]["samples"] == 4 * n
         assert two[0]["steps"] == one[0]["steps"] == 4 * 7
     # DDP keeps the replicas identical
-    assert _rows(pair[0], True, n)[-1]["weights"] == _rows(pair[1], True, n)[-1]["weights"]
+    final = [_rows(report, True, n, api)[-1]["weights"] for report in pair]
+    assert final[0] == final[1]
 
 
 def test_each_rank_trains_on_its_shard_only(runs):
@@ -157,7 +185,7 @@ def test_only_rank0_writes_one_results_file_and_checkpoint(runs):
     assert all(r["path"] == pair[0]["path"] and r["visible"] for r in pair)
     payload = json.loads((folder / "results" / "smoke" / "toy.json").read_text())
     assert payload["rows"] == pair[0]["rows"]
-    assert len(list((folder / "ckpt" / "toy").glob("*.json"))) == 3
+    assert len(list((folder / "ckpt" / "toy").glob("*.json"))) == 4
     assert not list((folder / "ckpt" / "toy").glob("*.tmp"))
 
 

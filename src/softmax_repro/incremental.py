@@ -426,7 +426,8 @@ def _objective(classify: Callable[[Tensor, Tensor], Tensor], seen: int, old_mode
 def _fit_step(model: nn.Module, compute_loss: Objective,
               x: Tensor, y: Tensor, spec: training.TrainSpec, generator: torch.Generator,
               device: torch.device) -> training.FitLog:
-    """Shuffled mini-batches of ``(x, y)`` through :func:`training.fit`."""
+    """Shuffled mini-batches of ``(x, y)`` through :func:`training.fit`, split across the ranks
+    under ``torchrun`` (the objective is a per-example mean over the batch)."""
     x, y = x.to(device), y.to(device)
 
     def make_batches(epoch: int):
@@ -435,7 +436,8 @@ def _fit_step(model: nn.Module, compute_loss: Objective,
             yield x[idx], y[idx]
 
     return training.fit(model, compute_loss, make_batches, spec,
-                        steps_per_epoch=math.ceil(x.shape[0] / spec.batch_size))
+                        steps_per_epoch=math.ceil(x.shape[0] / spec.batch_size),
+                        data_parallel=True)
 
 
 def _accuracies(model: nn.Module, x_test: Tensor, y_test: Tensor, stream: TaskStream, task: int,

@@ -189,6 +189,7 @@ def fit(
     steps_per_epoch: int,
     params: Iterable[nn.Parameter] | None = None,
     desc: str | None = None,
+    data_parallel: bool = False,
 ) -> FitLog:
     """Train ``model`` in place.
 
@@ -202,11 +203,27 @@ def fit(
         steps_per_epoch: batches ``make_batches`` yields per epoch (to size the schedule).
         params: parameters to optimize (default: all of ``model``'s).
         desc: a label for the optional inner progress bar; ``None`` shows none.
+        data_parallel: under ``torchrun`` (process group initialised for the model's device),
+            split every batch across the ranks (below). ``make_batches`` must then yield the
+            same batches on every rank (seeded, not rank-dependent), every tensor of a batch must
+            have the batch on its first dimension, and ``compute_loss`` must be a per-example
+            mean that calls the model's ``forward`` (DistributedDataParallel synchronises
+            gradients there). Off, or outside ``torchrun``, every rank trains on whole batches.
+
+    Data-parallel: each rank trains on its :func:`distributed.shard_indices` part of every batch
+    through DistributedDataParallel, its mean loss weighted by its share of the batch, so the
+    averaged gradient equals the single-process one; a rank whose part of a (last, short) batch is
+    empty runs one example with weight 0 so that it still joins the gradient averaging. The
+    returned log holds the global mean losses and sample counts.
     """
     total = spec.steps if spec.steps is not None else spec.epochs * steps_per_epoch
     optimizer = make_optimizer(model.parameters() if params is None else params, spec)
     model.train()
-    on_cuda = next(model.parameters()).device.type == "cuda"
+    device = next(model.parameters()).device
+    sharded = data_parallel and distributed.active_for(device)
+    if sharded:
+        model = distributed.wrap_model(model, device)
+    on_cuda = device.type == "cuda"
     forward = torch.compile(model) if spec.compile and on_cuda else model
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if spec.amp and on_cuda else nullcontext()
@@ -224,8 +241,13 @@ def fit(
         for batch in make_batches(epoch):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(spec, step, total)
+            samples += int(batch[0].shape[0])
             with autocast:
-                loss = compute_loss(forward, batch)
+                if sharded:
+                    part, share = _rank_part(batch)
+                    loss = compute_loss(forward, part) * share
+                else:
+                    loss = compute_loss(forward, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -234,7 +256,6 @@ def fit(
             running += loss.item()
             count += 1
             step += 1
-            samples += int(batch[0].shape[0])
             bar.update(1)
             if step >= total:
                 break
@@ -243,7 +264,19 @@ def fit(
         epoch_losses.append(running / count)
         epoch += 1
     bar.close()
+    if sharded:
+        epoch_losses = distributed.mean_over_ranks(epoch_losses, device)
     return FitLog(epoch_losses, step, samples, time.perf_counter() - start)
+
+
+def _rank_part(batch: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor]:
+    """This rank's rows of every tensor in ``batch`` and its loss weight ``part size · world / B``
+    (a scalar tensor on the batch's device); an empty part becomes row 0 with weight 0."""
+    size, world = batch[0].shape[0], distributed.world_size()
+    rows = distributed.shard_indices(torch.arange(size), distributed.rank(), world)
+    share = torch.tensor(rows.numel() * world / size, device=batch[0].device)
+    rows = rows if rows.numel() else torch.zeros(1, dtype=torch.long)
+    return tuple(t[rows.to(t.device)] for t in batch), share
 
 
 def tensor_batches(
@@ -302,10 +335,7 @@ def fit_classifier(
             (e.g. InfoNCE's in-batch label frequencies, the log of a batch mean in MINE).
 
     Under ``torchrun`` (process group initialised for ``device``'s type) every rank draws the same
-    global batch, trains on its :func:`distributed.shard_indices` part through
-    DistributedDataParallel, and the returned log holds the global mean losses and sample count.
-    Each rank's mean loss is weighted by its share of the batch, so with a per-example mean loss
-    the averaged gradient equals the single-process one.
+    global batch and :func:`fit` trains each rank on its part (see ``fit``'s ``data_parallel``).
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
@@ -318,9 +348,6 @@ def fit_classifier(
     weights = None if sample_weights is None else sample_weights.double().cpu()
 
     steps_per_epoch = math.ceil(n / spec.batch_size)
-    if data_parallel and distributed.active_for(device):
-        return _fit_classifier_ddp(model, loss_fn, x, y, spec, generator, weights, device,
-                                   steps_per_epoch, params, desc)
 
     def make_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         for idx in tensor_batches(n, spec.batch_size, generator, weights):
@@ -339,54 +366,8 @@ def fit_classifier(
         steps_per_epoch=steps_per_epoch,
         params=params,
         desc=desc,
+        data_parallel=data_parallel,
     )
-
-
-def _fit_classifier_ddp(
-    model: nn.Module,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    x: Tensor,
-    y: Tensor,
-    spec: TrainSpec,
-    generator: torch.Generator,
-    weights: Tensor | None,
-    device: torch.device,
-    steps_per_epoch: int,
-    params: Iterable[nn.Parameter] | None,
-    desc: str | None,
-) -> FitLog:
-    """:func:`fit_classifier` across the ranks of the process group (see its docstring).
-
-    A rank whose part of a (last, short) batch is empty runs one example with loss weight 0, so
-    that every rank still joins DistributedDataParallel's gradient averaging.
-    """
-    rank, world = distributed.rank(), distributed.world_size()
-    seen = [0]
-
-    def make_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        for idx in tensor_batches(x.shape[0], spec.batch_size, generator, weights):
-            part = distributed.shard_indices(idx, rank, world)
-            share = torch.tensor(part.numel() * world / idx.numel(), device=device)
-            seen[0] += idx.numel()
-            part = (part if part.numel() else idx[:1]).to(device)
-            yield x[part], y[part], share
-
-    def compute_loss(net: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-        xb, yb, share = batch
-        return loss_fn(net(xb), yb) * share
-
-    log = fit(
-        distributed.wrap_model(model, device),
-        compute_loss,
-        make_batches,
-        spec,
-        steps_per_epoch=steps_per_epoch,
-        params=params,
-        desc=desc,
-    )
-    log.epoch_losses = distributed.mean_over_ranks(log.epoch_losses, device)
-    log.samples = seen[0]
-    return log
 
 
 @torch.inference_mode()
