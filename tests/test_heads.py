@@ -138,13 +138,15 @@ def test_senses_table_pads_and_validates() -> None:
 
 
 def _head_with_statistics(mean_probs: dict[int, float]) -> KerBSHead:
-    """8 words × 2 senses; counts 100..103 for words 0-3 and 1 for words 4-7.
+    """8 words × 2 senses; counts 100..103 for words 0-3 and 1 for words 4-7, in the window and
+    in total.
 
-    The official eligibility rule (count above the (V - V//2 + 1)-th smallest count, here 100)
+    The official eligibility rule (frequency above the (V - V//2 + 1)-th smallest, here 100)
     leaves words 1, 2 and 3 able to gain senses.
     """
     head = KerBSHead(2, 8, senses_per_word=2)
     head.word_count.copy_(torch.tensor([100.0, 101.0, 102.0, 103.0] + [1.0] * 4))
+    head.word_total.copy_(head.word_count)
     mean_prob = torch.full((8,), 0.5)
     for word, prob in mean_probs.items():
         mean_prob[word] = prob
@@ -187,6 +189,18 @@ def test_reallocation_invariants() -> None:
     assert head.sense_mask.sum(dim=1).tolist() == head.senses_per_word().tolist()
 
 
+def test_reallocation_eligibility_uses_training_frequency_not_the_window() -> None:
+    # in the last window only the rare words 4-7 were seen; over all training, 0-3 dominate
+    head = _head_with_statistics({})
+    head.word_count.copy_(torch.tensor([0.0] * 4 + [5.0] * 4))
+    head.word_prob_sum.copy_(head.word_count * 0.1)
+    head.word_total.copy_(torch.tensor([1000.0, 1001.0, 1002.0, 1003.0] + [5.0] * 4))
+    assert head.reallocate(max_moves=8, order="paper") == 3
+    assert head.senses_per_word()[4:].tolist() == [2, 1, 1, 1]  # least-used senses 15, 13, 11
+    assert (head.senses_per_word()[1:4] == 3).all()  # only frequent words gained
+    assert head.word_count.sum() == 0 and head.word_total.sum() == 4026  # total is kept
+
+
 def test_reallocation_respects_max_moves_and_unknown_order() -> None:
     assert _head_with_statistics({}).reallocate(max_moves=2) == 2
     assert _head_with_statistics({}).reallocate(max_moves=0) == 0
@@ -201,6 +215,7 @@ def test_training_nll_accumulates_reallocation_statistics() -> None:
     target = torch.tensor([0, 0, 1, 3, 3])
     nll = head.nll(h, target)
     assert head.word_count.tolist() == [2.0, 1.0, 0.0, 2.0]
+    assert head.word_total.tolist() == [2.0, 1.0, 0.0, 2.0]
     torch.testing.assert_close(head.word_prob_sum[0], torch.exp(-nll[:2]).sum())
     torch.testing.assert_close(head.usage.sum(), torch.exp(-nll).sum())
     head.eval()

@@ -15,7 +15,8 @@ log-likelihood in nats, which a head may compute without materialising all ``V``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,14 @@ MIN_SENSES = 1
 
 THETA_RAW_RANGE = (-5.0, 4.0)
 """Soft bounds of the raw kernel parameter (θ = exp(θ_raw)), as in the official code."""
+
+CHUNK_ELEMENTS = 2**22
+"""Largest ``[rows, columns]`` logit block :meth:`OutputHead.nll` builds at once (16 MB in float32).
+
+glibc serves allocations above 32 MB with fresh ``mmap`` pages that fault on every touch; measured
+here, a KerBS head over 20,000 senses ran 2–3× slower per token when its ``[N, S]`` blocks crossed
+that size. Splitting the rows keeps every block on the reused heap; rows are independent, so the
+result is the same up to float rounding of the smaller matrix products."""
 
 REALLOCATION_ORDERS = ("paper", "code")
 """``paper``: poorly predicted words gain senses first (the paper's text); ``code``: the ascending
@@ -45,6 +54,21 @@ class OutputHead(nn.Module):
         return -self(h).gather(1, target.unsqueeze(1)).squeeze(1)
 
 
+def row_chunks(rows: int, columns: int) -> list[slice]:
+    """Row slices of ``[rows, columns]`` blocks of at most :data:`CHUNK_ELEMENTS` elements."""
+    step = max(1, CHUNK_ELEMENTS // max(columns, 1))
+    return [slice(begin, begin + step) for begin in range(0, rows, step)]
+
+
+def chunked_nll(nll: Callable[[Tensor, Tensor], Tensor], h: Tensor, target: Tensor,
+                columns: int) -> Tensor:
+    """``nll(h, target)`` row block by row block (see :data:`CHUNK_ELEMENTS`), shape ``[N]``."""
+    parts = row_chunks(h.shape[0], columns)
+    if len(parts) == 1:
+        return nll(h, target)
+    return torch.cat([nll(h[part], target[part]) for part in parts])
+
+
 class SoftmaxHead(OutputHead):
     """A linear layer and a full softmax: ``log_softmax(h W^T + b)``."""
 
@@ -57,6 +81,9 @@ class SoftmaxHead(OutputHead):
         return F.log_softmax(self.proj(h), dim=-1)
 
     def nll(self, h: Tensor, target: Tensor) -> Tensor:
+        return chunked_nll(self._nll, h, target, self.vocab_size)
+
+    def _nll(self, h: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(self.proj(h), target, reduction="none")
 
 
@@ -78,20 +105,44 @@ def kernel_coefficient(theta: Tensor) -> Tensor:
     return 1.0 / (4.0 * (torch.expm1(theta) / theta - 1.0))
 
 
+class SenseKernel(NamedTuple):
+    """Per-sense quantities of the KerBS kernel, computed once per batch.
+
+    ``unit[S, H]``: sense vectors divided by their norms; ``norm[S]``: ``|w| + 1e-7``;
+    ``theta[S]``; ``positive_scale[S]``: ``2a·|w|`` with ``a`` from :func:`kernel_coefficient`.
+    """
+
+    unit: Tensor
+    norm: Tensor
+    theta: Tensor
+    positive_scale: Tensor
+
+
+def prepare_kernel(weight: Tensor, theta: Tensor) -> SenseKernel:
+    """The :class:`SenseKernel` of senses ``weight[S, H]`` with kernel parameters ``theta[S]``."""
+    norm = weight.norm(dim=-1) + 1e-7
+    return SenseKernel(weight / norm[:, None], norm, theta, 2.0 * kernel_coefficient(theta) * norm)
+
+
+def apply_kernel(h: Tensor, kernel: SenseKernel) -> Tensor:
+    """Sense logits ``[N, S]`` of hidden states ``h[N, H]`` (see :func:`kernel_logits`)."""
+    h_norm = h.norm(dim=-1, keepdim=True) + 1e-7
+    cos = (h / h_norm) @ kernel.unit.T
+    shape = torch.where(cos > 0, torch.expm1(kernel.theta * cos) * kernel.positive_scale,
+                        cos * kernel.norm)
+    return shape * h_norm
+
+
 def kernel_logits(h: Tensor, weight: Tensor, theta: Tensor) -> Tensor:
     """KerBS sense logits ``[N, S]`` for hidden states ``h[N, H]`` and senses ``weight[S, H]``.
 
     With ``cos = cos(h, w)``: ``2a |h||w| (e^{θ cos} − 1)`` where ``cos > 0``, else the dot product
     ``h·w = |h||w| cos``; ``theta[S] > 0`` and ``a`` from :func:`kernel_coefficient`. As θ → 0 the
-    positive branch tends to ``h·w``. As in the official code the norms carry ``+1e-7``; the
-    product is computed as ``|h||w| · where(cos > 0, 2a (e^{θ cos} − 1), cos)`` with ``cos`` from
-    normalised vectors, which saves full-size ``[N, S]`` passes.
+    positive branch tends to ``h·w``. As in the official code the norms carry ``+1e-7``; ``cos``
+    comes from normalised vectors, and the per-sense factors ``2a|w|`` and ``|w|`` are computed
+    once (:func:`prepare_kernel`), which saves full-size ``[N, S]`` passes.
     """
-    h_norm = h.norm(dim=-1, keepdim=True) + 1e-7
-    w_norm = weight.norm(dim=-1) + 1e-7
-    cos = (h / h_norm) @ (weight / w_norm[:, None]).T
-    shape = torch.where(cos > 0, torch.expm1(theta * cos) * (2.0 * kernel_coefficient(theta)), cos)
-    return shape * w_norm * h_norm
+    return apply_kernel(h, prepare_kernel(weight, theta))
 
 
 def senses_table(sense_word: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
@@ -139,7 +190,8 @@ class KerBSHead(OutputHead):
 
     During training, :meth:`nll` accumulates the statistics :meth:`reallocate` uses: per sense its
     summed posterior probability at the target (``usage``), per word its count and summed predicted
-    probability.
+    probability since the last reallocation, and per word its count over all training so far
+    (``word_total``, the frequency that decides who may gain a sense).
     """
 
     def __init__(
@@ -176,6 +228,7 @@ class KerBSHead(OutputHead):
         self.register_buffer("usage", torch.zeros(num_senses))
         self.register_buffer("word_count", torch.zeros(vocab))
         self.register_buffer("word_prob_sum", torch.zeros(vocab))
+        self.register_buffer("word_total", torch.zeros(vocab))
 
     @property
     def num_senses(self) -> int:
@@ -191,12 +244,16 @@ class KerBSHead(OutputHead):
             return torch.zeros_like(self.weight[:, 0])
         return torch.exp(soft_clip_theta_raw(self.theta_raw))
 
-    def sense_logits(self, h: Tensor) -> Tensor:
-        """Sense logits ``z[N, S]``."""
+    def prepared_kernel(self) -> SenseKernel | None:
+        """The learned kernel's per-sense factors (``None`` for the ``dot`` kernel)."""
+        return None if self.theta_raw is None else prepare_kernel(self.weight, self.theta())
+
+    def sense_logits(self, h: Tensor, kernel: SenseKernel | None = None) -> Tensor:
+        """Sense logits ``z[N, S]``; ``kernel`` from :meth:`prepared_kernel` (made if absent)."""
         if self.theta_raw is None:
             z = h @ self.weight.T
         else:
-            z = kernel_logits(h, self.weight, self.theta())
+            z = apply_kernel(h, kernel if kernel is not None else self.prepared_kernel())
         return z if self.bias is None else z + self.bias
 
     def forward(self, h: Tensor) -> Tensor:
@@ -206,7 +263,11 @@ class KerBSHead(OutputHead):
         return F.log_softmax(torch.logsumexp(padded, dim=-1), dim=-1)
 
     def nll(self, h: Tensor, target: Tensor) -> Tensor:
-        z = self.sense_logits(h)
+        kernel = self.prepared_kernel()
+        return chunked_nll(lambda hp, tp: self._nll(hp, tp, kernel), h, target, self.num_senses)
+
+    def _nll(self, h: Tensor, target: Tensor, kernel: SenseKernel | None = None) -> Tensor:
+        z = self.sense_logits(h, kernel)
         total = torch.logsumexp(z, dim=-1)
         senses = self.sense_index[target]  # [N, MAX_SENSES]
         mask = self.sense_mask[target]
@@ -221,7 +282,9 @@ class KerBSHead(OutputHead):
         """Accumulate reallocation statistics from sense log-probabilities ``[N, MAX_SENSES]``."""
         probs = log_probs.exp().masked_fill(~mask, 0.0)
         self.usage.index_add_(0, senses[mask], probs[mask])
-        self.word_count.index_add_(0, target, torch.ones_like(target, dtype=probs.dtype))
+        ones = torch.ones_like(target, dtype=probs.dtype)
+        self.word_count.index_add_(0, target, ones)
+        self.word_total.index_add_(0, target, ones)
         self.word_prob_sum.index_add_(0, target, probs.sum(dim=1))
 
     @torch.no_grad()
@@ -232,7 +295,8 @@ class KerBSHead(OutputHead):
         return torch.softmax(z, dim=-1)
 
     def reset_statistics(self) -> None:
-        """Zero the usage/count/probability accumulators."""
+        """Zero the usage/count/probability accumulators of the current window (not
+        ``word_total``)."""
         self.usage.zero_()
         self.word_count.zero_()
         self.word_prob_sum.zero_()
@@ -243,10 +307,12 @@ class KerBSHead(OutputHead):
 
         Follows the official ``reallocate.py``: words are ranked by
         ``(1 / mean predicted probability) / √count`` over the statistics gathered since the last
-        call; only words with fewer than :data:`MAX_SENSES` senses and a count above the median
-        may gain one sense each; senses are taken in ascending order of usage from words that keep
-        at least :data:`MIN_SENSES`. A moved sense keeps its vector, θ and bias. The total number of
-        senses never changes. Statistics are reset afterwards.
+        call; only words with fewer than :data:`MAX_SENSES` senses and a training frequency so far
+        (``word_total``) above the median may gain one sense each (a median over the last window
+        alone is ~0 at small windows and let rare words in); senses are taken in ascending order
+        of usage from words that keep at least :data:`MIN_SENSES`. A moved sense keeps its vector,
+        θ and bias. The total number of senses never changes. The window's statistics are reset
+        afterwards.
 
         Args:
             max_moves: at most this many senses move (the paper: 0.5% of the vocabulary).
@@ -259,7 +325,8 @@ class KerBSHead(OutputHead):
         inefficiency = (count + 1e-7) / (self.word_prob_sum.cpu().double() + 1e-7)
         score = inefficiency / (count.sqrt() + 1e-7)
         ranked = torch.argsort(score, descending=order == "paper", stable=True).tolist()
-        threshold = torch.sort(count).values[self.vocab_size - int(self.vocab_size * 0.5)]
+        frequency = self.word_total.cpu().double()
+        threshold = torch.sort(frequency).values[self.vocab_size - int(self.vocab_size * 0.5)]
         per_word = self.senses_per_word().cpu().tolist()
         sense_word = self.sense_word.cpu().clone()
         donors = torch.argsort(self.usage.cpu(), stable=True).tolist()
@@ -267,7 +334,7 @@ class KerBSHead(OutputHead):
         for word in ranked:
             if moved >= max_moves or donor_pos >= len(donors):
                 break
-            if per_word[word] >= MAX_SENSES or count[word] <= threshold:
+            if per_word[word] >= MAX_SENSES or frequency[word] <= threshold:
                 continue
             while donor_pos < len(donors):
                 sense = donors[donor_pos]
