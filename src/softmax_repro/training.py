@@ -300,6 +300,17 @@ def tensor_batches(
         yield order[begin : begin + batch_size]
 
 
+def image_layout(x: Tensor) -> Tensor:
+    """``x`` in channels-last memory layout when it is a batch of images ``[B, C, H, W]``, else
+    ``x`` unchanged.
+
+    Convolutions on CPU run faster on channels-last tensors: one epoch of a training step measured
+    here was 1.36× faster for chapter 04's GapCNN (32×32, 1 channel) and 1.34× for a ResNet-8 on
+    32×32×3, at one thread. Values are the same up to float rounding of the convolution algorithm.
+    """
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 def fit_classifier(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -317,7 +328,8 @@ def fit_classifier(
     """Train a classifier on tensor-resident data.
 
     Args:
-        model: maps ``x[B, ...]`` to logits ``[B, C]``; moved to ``device``.
+        model: maps ``x[B, ...]`` to logits ``[B, C]``; moved to ``device`` (and, for images
+            ``x[N, C, H, W]``, to the channels-last layout, see :func:`image_layout`).
         loss_fn: ``(logits[B, C], y[B]) -> scalar``.
         x: inputs ``[N, ...]`` (float).
         y: labels ``[N]`` (int64, in ``0..C-1``).
@@ -342,7 +354,9 @@ def fit_classifier(
     if x.shape[0] == 0:
         raise ValueError("the training set is empty")
     model.to(device)
-    x, y = x.to(device), y.to(device)
+    if x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+    x, y = image_layout(x.to(device)), y.to(device)
     generator = torch.Generator().manual_seed(seed)
     n = x.shape[0]
     weights = None if sample_weights is None else sample_weights.double().cpu()
@@ -379,7 +393,7 @@ def predict(
     was_training = model.training
     model.eval()
     outputs = [
-        model(x[i : i + batch_size].to(device)).float().cpu()
+        model(image_layout(x[i : i + batch_size].to(device))).float().cpu()
         for i in range(0, x.shape[0], batch_size)
     ]
     model.train(was_training)
