@@ -26,7 +26,7 @@ export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book chapter verify report html test bench lint clean $(addprefix chapter-,$(CHAPTERS))
+.PHONY: help setup book chapter verify report html test bench scaling lint clean $(addprefix chapter-,$(CHAPTERS))
 
 help: ## List the targets with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ test: setup ## Set up and run the whole test suite (unit, notebooks at smoke, bo
 
 bench: setup ## Timing ratios of the hot paths vs plain PyTorch -> results/bench.json
 	$(PY) benchmarks/bench.py
+
+scaling: setup ## Time each chapter at growing sizes and seeds -> results/scaling.json, book/scaling.md
+	$(PY) benchmarks/scaling.py
 
 lint: setup ## ruff on src, tests
 	$(VENV)/bin/ruff check .
