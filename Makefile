@@ -61,7 +61,22 @@ verify: setup ## Re-run chapters (PROFILE=cpu) in a scratch folder; compare ever
 report: setup ## Regenerate the ledger and status pages from results/$(PROFILE)
 	$(PY) -m softmax_repro.runner report --profile $(PROFILE) --book-dir $(BOOK) --results-dir $(RESULTS)
 
-html: report ## Only render the book (no execution) into book/_build/html
+# MathJax served with the book (not from a CDN), so equations render offline too
+MATHJAX_VERSION := 3.2.2
+MATHJAX_SHA256 := 1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c09
+MATHJAX_TGZ := $(or $(SOFTMAX_REPRO_CACHE),data/cache)/mathjax-$(MATHJAX_VERSION).tgz
+MATHJAX_JS := $(BOOK)/_mathjax/mathjax/tex-mml-chtml.js
+
+$(MATHJAX_JS):
+	mkdir -p $(dir $(MATHJAX_TGZ)) $(@D)
+	test -f $(MATHJAX_TGZ) || npm pack mathjax@$(MATHJAX_VERSION) --silent \
+		--pack-destination $(dir $(MATHJAX_TGZ)) >/dev/null
+	echo "$(MATHJAX_SHA256)  $(MATHJAX_TGZ)" | sha256sum --check --quiet || { \
+		echo "error: $(MATHJAX_TGZ) does not match its sha256; delete it and re-run"; exit 1; }
+	tar xzf $(MATHJAX_TGZ) -C $(@D) --strip-components=2 \
+		package/es5/tex-mml-chtml.js package/es5/output/chtml/fonts/woff-v2
+
+html: report $(MATHJAX_JS) ## Only render the book (no execution) into book/_build/html
 	$(VENV)/bin/jupyter-book build $(BOOK) --warningiserror --keep-going --quiet
 	@echo "The book is at file://$(abspath $(BOOK))/_build/html/index.html"
 

@@ -20,7 +20,7 @@ import pytest
 from softmax_repro.runner import chapter_names
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATED = {"ledger.md", "status.md", "_generated", "_build", "chapters"}
+GENERATED = {"ledger.md", "status.md", "_generated", "_build", "chapters", "_mathjax"}
 pytestmark = pytest.mark.slow
 
 
@@ -123,6 +123,8 @@ def _dump_dom(url: str) -> str:
             [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=3000",
+             # offline: every host but the local server fails to resolve
+             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
              "--dump-dom", url], capture_output=True, text=True, timeout=90)
     finally:
         shutil.rmtree(profile, ignore_errors=True)
@@ -144,6 +146,14 @@ def test_pages_load_in_headless_chromium(served):
         assert images, f"{name} renders no figure"
     status = _dump_dom(f"{served}/status.html")
     assert all(name in status for name in chapter_names())
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed "
+                    "(.ci/run installs it: apt-get install chromium)")
+def test_equations_render_offline(served):
+    # MathJax comes with the book, so TeX becomes MathJax's elements without any network
+    dom = _dump_dom(f"{served}/chapters/01_balanced_softmax.html")
+    assert "mjx-container" in dom and "cdn.jsdelivr" not in dom
 
 
 def _experiment_modules():
