@@ -578,6 +578,14 @@ Regenerate with `make scaling` (3–4 minutes on 2 cores); it rewrites this page
 """
 
 
+def load_note(load: Sequence[float]) -> str:
+    """How to read the load averages: the script itself keeps about one core busy."""
+    if max(load) > 1.5:
+        return (": other processes shared the cores, so the seconds are an upper bound for a "
+                "quiet machine")
+    return " (the script's own single thread): the machine was otherwise quiet"
+
+
 def render_page(report: Mapping[str, Any], machine_info: Mapping[str, Any],
                 measured_at: str, load: Sequence[float]) -> str:
     """The whole ``book/scaling.md`` page from a report ``{chapter: analysis}``."""
@@ -586,8 +594,7 @@ def render_page(report: Mapping[str, Any], machine_info: Mapping[str, Any],
         PAGE_INTRO,
         f"Measured {measured_at} on {machine_info['cpu']} ({machine_info['cores']} cores, "
         f"torch {machine_info['torch']}; every chapter trains on one thread). Load average "
-        f"{load[0]:.1f} at the start and {load[1]:.1f} at the end: other processes shared the "
-        "cores, so the seconds are an upper bound for a quiet machine.",
+        f"{load[0]:.1f} at the start and {load[1]:.1f} at the end{load_note(load)}.",
         "## Summary",
         _table(["chapter", "cpu predicted from the smoke fit (s)", "cpu measured (s)",
                 "paper CPU hours (est.)", "paper GPU hours (est.)"], summary_rows(chapters)),

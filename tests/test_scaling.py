@@ -177,3 +177,8 @@ def test_every_chapter_module_has_its_size_fields_in_the_smoke_profile():
         grows = [c.work(doubled) / c.work(smoke) for c in spec.components if c.work(smoke)]
         # the size knob drives the work (chapter 02's Digits part does not grow with it)
         assert 1.0 < max(grows) <= 2.0 + 1e-9, spec.chapter
+
+
+def test_load_note_says_whether_other_processes_shared_the_cores():
+    assert "otherwise quiet" in scaling.load_note([0.7, 1.0])
+    assert "upper bound" in scaling.load_note([1.0, 2.5])
