@@ -66,9 +66,13 @@ MATHJAX_VERSION := 3.2.2
 MATHJAX_SHA256 := 1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c09
 MATHJAX_TGZ := $(or $(SOFTMAX_REPRO_CACHE),data/cache)/mathjax-$(MATHJAX_VERSION).tgz
 MATHJAX_JS := $(BOOK)/_mathjax/mathjax/tex-mml-chtml.js
+MATHJAX_NO_NPM := error: the book serves its own MathJax; install npm (apt-get install -y npm) \
+	or put mathjax-$(MATHJAX_VERSION).tgz (from npm pack mathjax@$(MATHJAX_VERSION)) into \
+	$(dir $(MATHJAX_TGZ))
 
 $(MATHJAX_JS):
 	mkdir -p $(dir $(MATHJAX_TGZ)) $(@D)
+	test -f $(MATHJAX_TGZ) || command -v npm >/dev/null || { echo "$(MATHJAX_NO_NPM)"; exit 1; }
 	test -f $(MATHJAX_TGZ) || npm pack mathjax@$(MATHJAX_VERSION) --silent \
 		--pack-destination $(dir $(MATHJAX_TGZ)) >/dev/null
 	echo "$(MATHJAX_SHA256)  $(MATHJAX_TGZ)" | sha256sum --check --quiet || { \
