@@ -30,7 +30,12 @@ import torch
 from PIL import Image
 
 from softmax_repro.config import ConfigError, check_choice, check_int
-from softmax_repro.data.hub import _images_to_tensor, _labels_to_tensor, load_hub_table
+from softmax_repro.data.hub import (
+    HubImageSpec,
+    _images_to_tensor,
+    _labels_to_tensor,
+    load_hub_table,
+)
 from softmax_repro.data.localization import LocalisationSet
 
 BOX_TOLERANCE = 1.0
@@ -38,20 +43,15 @@ BOX_TOLERANCE = 1.0
 
 
 @dataclass(frozen=True)
-class HubLocalisationSpec:
-    """Where a localisation set lives on the hub and which columns hold image, label and box."""
+class HubLocalisationSpec(HubImageSpec):
+    """A :class:`~softmax_repro.data.hub.HubImageSpec` whose rows also hold a box column."""
 
-    repo: str
-    image_column: str
-    label_column: str
-    box_column: str
-    num_classes: int
-    splits: tuple[str, ...] = ("train", "test")
+    box_column: str = "bbox"
 
 
 HUB_LOCALISATION_DATASETS: dict[str, HubLocalisationSpec] = {
     "cub200": HubLocalisationSpec("bentrevett/caltech-ucsd-birds-200-2011", "image", "label",
-                                  "bbox", 200),
+                                  200, box_column="bbox"),
 }
 """Registry of hub localisation sets by short name."""
 
