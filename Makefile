@@ -15,7 +15,7 @@ NPROC ?= 1
 JOBS ?= 2
 TORCHRUN_ARGS ?= --standalone
 RUNNER := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run $(TORCHRUN_ARGS) \
-	--nproc_per_node $(NPROC) -m softmax_repro.runner,$(PY) -m softmax_repro.runner)
+	--nproc_per_node $(NPROC) -m softmax_repro.pipeline.runner,$(PY) -m softmax_repro.pipeline.runner)
 CHAPTERS := $(basename $(notdir $(wildcard notebooks/[0-9]*.ipynb)))
 # Where executed chapters / results go (tests point these at a scratch folder).
 BOOK ?= book
@@ -55,11 +55,11 @@ chapter: setup ## Re-run one chapter: make chapter NAME=01_balanced_softmax [PRO
 		--out-dir $(BOOK)/chapters --results-dir $(RESULTS)
 
 verify: setup ## Re-run chapters (PROFILE=cpu) in a scratch folder; compare every number with results/
-	$(PY) -m softmax_repro.runner verify --profile $(PROFILE) $(if $(NAME),--name $(NAME)) \
+	$(PY) -m softmax_repro.pipeline.runner verify --profile $(PROFILE) $(if $(NAME),--name $(NAME)) \
 		$(if $(TOLERANCE),--tolerance $(TOLERANCE))
 
 report: setup ## Regenerate the ledger and status pages from results/$(PROFILE)
-	$(PY) -m softmax_repro.runner report --profile $(PROFILE) --book-dir $(BOOK) --results-dir $(RESULTS)
+	$(PY) -m softmax_repro.pipeline.runner report --profile $(PROFILE) --book-dir $(BOOK) --results-dir $(RESULTS)
 
 # MathJax served with the book (not from a CDN), so equations render offline too
 MATHJAX_VERSION := 3.2.2

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from softmax_repro import heads, losses, training
-from softmax_repro.models import CNN1D, MLP
+from softmax_repro.engine import training
+from softmax_repro.engine.models import CNN1D, MLP
+from softmax_repro.methods import heads, losses
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 5
@@ -78,7 +79,7 @@ def bench_balanced_softmax_step() -> dict[str, float]:
 
     The budget's figure: ``CNN1D`` on MNIST-1D-shaped inputs ``[N, 1, 40]``, 10 classes, batch 128
     (chapter 01's settings), one epoch of 4,096 examples through ``fit_classifier``. PC-softmax
-    trains with the same loss object (:func:`softmax_repro.mutual_information.training_loss`).
+    trains with the same loss object (:func:`mutual_information.training_loss`).
     """
     x, y = torch.randn(4096, 1, 40), torch.randint(0, 10, (4096,))
     spec = training.TrainSpec(epochs=1, batch_size=128, lr=0.1)

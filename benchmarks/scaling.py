@@ -45,7 +45,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from softmax_repro import results, training
+from softmax_repro.engine import training
+from softmax_repro.pipeline import results
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_OUT = ROOT / "results" / "scaling.json"
@@ -139,7 +140,7 @@ def _count(runs: Sequence[Mapping[str, Any]], test: Callable[[Mapping[str, Any]]
 
 
 def _bs_runs(config: Any) -> list[dict[str, Any]]:
-    from softmax_repro.experiments import balanced_softmax
+    from softmax_repro.experiments import ch01_balanced_softmax as balanced_softmax
     return balanced_softmax.grid(config)
 
 
@@ -187,8 +188,8 @@ def incremental_work(config: Any) -> float:
     """:func:`stream_examples` of every (dataset, increments, method) stream, the incremental
     steps × (1 + :data:`KD_FORWARD_COST`) for distillation methods, × class orders × seeds
     (the classifier-only fine-tuning stage is not counted)."""
-    from softmax_repro import incremental as inc
-    from softmax_repro.experiments import incremental
+    from softmax_repro.experiments import ch02_incremental_bsce as incremental
+    from softmax_repro.methods import incremental as inc
     total = 0.0
     for name, steps, method in itertools.product(config.datasets, config.increments,
                                                  config.methods):
@@ -225,7 +226,7 @@ def _kerbs_split(rows: pd.DataFrame, prov: Mapping[str, Any]) -> dict[str, float
 
 
 def _mi_synthetic(config: Any) -> float:
-    from softmax_repro.experiments import mutual_information
+    from softmax_repro.experiments import ch04_softmax_mutual_information as mutual_information
     balanced = 1 + len(config.bound_methods) + len(config.sample_sizes)
     imbalanced = 7.5 / 5 * len(mutual_information.IMBALANCED_METHODS)  # 0.5+…+2.5 × n per class
     per_dim = 5 * config.n_per_class * config.epochs * (balanced + imbalanced)
@@ -250,7 +251,7 @@ def _mi_split(rows: pd.DataFrame, prov: Mapping[str, Any]) -> dict[str, float]:
 
 CHAPTERS: tuple[ChapterSpec, ...] = (
     ChapterSpec(
-        "01_balanced_softmax", "balanced_softmax",
+        "01_balanced_softmax", "ch01_balanced_softmax",
         ("steps", "digits_steps", "decoupled_steps", "gauss_steps"), (1, 2, 4, 8),
         (Component("images", _bs_image, RESNET32_IMG_PER_S, GPU_SPEEDUP_RESNET,
                    "ResNet-32 at 250 img/s here"),
@@ -262,7 +263,7 @@ CHAPTERS: tuple[ChapterSpec, ...] = (
         "step-based, so the size knob is the number of steps (examples seen), not n_max",
         _bs_split),
     ChapterSpec(
-        "02_incremental_bsce", "incremental", ("num_samples",), (1, 5, 10),
+        "02_incremental_bsce", "ch02_incremental_bsce", ("num_samples",), (1, 5, 10),
         (Component("training", incremental_work, RESNET32_IMG_PER_S, GPU_SPEEDUP_RESNET,
                    "ResNet-32 at 250 img/s here"),),
         "per (dataset, increments, method) stream: base classes × examples per class × "
@@ -273,7 +274,7 @@ CHAPTERS: tuple[ChapterSpec, ...] = (
         "num_samples; multipliers 1, 5, 10 reuse MNIST-1D sizes already cached",
         _whole_split),
     ChapterSpec(
-        "03_kerbs", "kerbs", ("syn_train_tokens", "syn_test_tokens", "train_tokens",
+        "03_kerbs", "ch03_kerbs", ("syn_train_tokens", "syn_test_tokens", "train_tokens",
                               "eval_tokens"), (1, 2, 4, 8),
         (Component("synthetic", _kerbs_synthetic, None, 1.0,
                    "same synthetic LM at the paper profile"),
@@ -285,7 +286,7 @@ CHAPTERS: tuple[ChapterSpec, ...] = (
         "corpus_epochs; the corpus part does not grow with seeds beyond corpus_num_seeds",
         _kerbs_split),
     ChapterSpec(
-        "04_softmax_mutual_information", "mutual_information",
+        "04_softmax_mutual_information", "ch04_softmax_mutual_information",
         ("n_per_class", "test_per_class", "loc_train", "loc_test"), (1, 2, 4, 8),
         (Component("synthetic", _mi_synthetic, None, 1.0,
                    "same MLP; launch-bound on a GPU (a CPU is nearly as fast)"),

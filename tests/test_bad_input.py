@@ -7,13 +7,13 @@ import time
 import pytest
 import torch
 
-from softmax_repro import claims, results
 from softmax_repro.config import ConfigError
+from softmax_repro.pipeline import claims, results
 
-B = "balanced_softmax"
-I = "incremental"  # noqa: E741
-K = "kerbs"
-M = "mutual_information"
+B = "ch01_balanced_softmax"
+I = "ch02_incremental_bsce"  # noqa: E741
+K = "ch03_kerbs"
+M = "ch04_softmax_mutual_information"
 
 CASES = [
     (B, {"profile": "laptop"}, "profile='laptop' is not allowed; choose one of: 'smoke', 'cpu'"),

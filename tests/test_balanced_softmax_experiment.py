@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from softmax_repro import claims, losses
 from softmax_repro.config import ConfigError
 from softmax_repro.data.fashion_mnist import DEFAULT_ROOT
-from softmax_repro.experiments import balanced_softmax as bs
-from softmax_repro.results import ChapterResult
+from softmax_repro.experiments import ch01_balanced_softmax as bs
+from softmax_repro.methods import losses
+from softmax_repro.pipeline import claims
+from softmax_repro.pipeline.results import ChapterResult
 
 
 def test_shot_groups_are_thirds_by_training_count() -> None:

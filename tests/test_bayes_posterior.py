@@ -8,14 +8,14 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from softmax_repro.bayes_posterior import (
+from softmax_repro.methods.bayes_posterior import (
     GaussianClasses,
     exact_posterior,
     kl_divergence,
     make_gaussian_classes,
     total_variation,
 )
-from softmax_repro.losses import BalancedSoftmaxLoss, softmax_cross_entropy
+from softmax_repro.methods.losses import BalancedSoftmaxLoss, softmax_cross_entropy
 
 
 def test_log_likelihood_matches_scipy() -> None:

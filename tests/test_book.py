@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from softmax_repro.runner import chapter_names
+from softmax_repro.pipeline.runner import chapter_names
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = {"ledger.md", "status.md", "_generated", "_build", "chapters", "_mathjax"}
@@ -175,7 +175,7 @@ def test_every_chapter_has_an_experiment_module():
 def test_smoke_numbers_are_bit_identical_across_processes(chapter, smoke_book, tmp_path):
     """Re-running a chapter's experiment in this process reproduces the numbers papermill's kernel
     produced, exactly (timing columns aside)."""
-    from softmax_repro.results import read_results, without_timings
+    from softmax_repro.pipeline.results import read_results, without_timings
 
     module = _experiment_modules()[chapter]
     config = module.make_config("smoke")

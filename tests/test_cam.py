@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from softmax_repro import cam
-from softmax_repro.models import GapCNN
+from softmax_repro.engine.models import GapCNN
+from softmax_repro.methods import cam
 
 
 def hand_features() -> torch.Tensor:

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from softmax_repro.config import BaseConfig, ConfigError, check_seeds, make_config
-from softmax_repro.experiments import balanced_softmax
+from softmax_repro.experiments import ch01_balanced_softmax as balanced_softmax
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from softmax_repro import distributed, training
 from softmax_repro.config import ConfigError
-from softmax_repro.models import MLP
+from softmax_repro.engine import distributed, training
+from softmax_repro.engine.models import MLP
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -28,9 +28,11 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     import torch
     from torch import nn
-    from softmax_repro import distributed, results, training
+    from softmax_repro.engine import distributed
+    from softmax_repro.pipeline import results
+    from softmax_repro.engine import training
     from softmax_repro.config import BaseConfig
-    from softmax_repro.models import MLP
+    from softmax_repro.engine.models import MLP
 
     out = Path(sys.argv[1])
     torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from softmax_repro.heads import (
+from softmax_repro.methods.heads import (
     MAX_SENSES,
     AdaptiveSoftmaxHead,
     KerBSHead,

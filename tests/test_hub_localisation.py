@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from softmax_repro import claims
 from softmax_repro.config import ConfigError
 from softmax_repro.data.hub_localisation import (
     HUB_LOCALISATION_DATASETS,
@@ -20,7 +19,8 @@ from softmax_repro.data.hub_localisation import (
     local_split_files,
     resize_box,
 )
-from softmax_repro.experiments import mutual_information as chapter
+from softmax_repro.experiments import ch04_softmax_mutual_information as chapter
+from softmax_repro.pipeline import claims
 
 NAMES = [f"{i + 1:03d}.Bird_{i + 1}" for i in range(200)]
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softmax_repro import incremental as inc
-from softmax_repro import losses, training
 from softmax_repro.config import ConfigError
 from softmax_repro.data.mnist1d import Split
-from softmax_repro.models import MLP
+from softmax_repro.engine import incremental_loop, training
+from softmax_repro.engine.models import MLP
+from softmax_repro.methods import incremental as inc
+from softmax_repro.methods import losses
 
 
 @pytest.fixture(autouse=True)
@@ -210,18 +211,19 @@ def _blobs(num_classes: int = 6, per_class: int = 60, dim: int = 8, seed: int = 
     return Split(x_tr, y_tr, x_te, y_te)
 
 
-def _schedule(epochs: int = 8) -> inc.Schedule:
+def _schedule(epochs: int = 8) -> incremental_loop.Schedule:
     spec = training.TrainSpec(epochs=epochs, batch_size=32, lr=0.05)
-    return inc.Schedule(base=spec, step=spec,
+    return incremental_loop.Schedule(base=spec, step=spec,
                         finetune=training.TrainSpec(epochs=2, batch_size=32, lr=0.01))
 
 
 def _run(name: str, data: Split, stream: inc.TaskStream,
-         seed: int = 0) -> inc.IncrementalLog:
+         seed: int = 0) -> incremental_loop.IncrementalLog:
     training.seed_everything(seed)
     model = MLP(data.x_train.shape[1], 32, 6, depth=1)
-    return inc.run_incremental(model, data, stream, inc.Learner.parse(name), _schedule(),
-                               seed=seed, device=torch.device("cpu"))
+    return incremental_loop.run_incremental(
+        model, data, stream, inc.Learner.parse(name), _schedule(), seed=seed,
+        device=torch.device("cpu"))
 
 
 def test_run_records_every_task_and_respects_the_memory_budget() -> None:
@@ -250,7 +252,7 @@ def test_bsce_counts_in_the_loop_are_new_data_plus_memory(monkeypatch: pytest.Mo
         seen.append(counts.tolist())
         return original(loss, counts)
 
-    monkeypatch.setattr(inc, "step_loss", spy)
+    monkeypatch.setattr(incremental_loop, "step_loss", spy)
     data, stream = _blobs(), inc.make_task_stream(6, 2, 2, order_seed=1)
     _run("bsce_m7", data, stream)
     assert seen == [[60, 60], [7, 7, 60, 60], [7, 7, 7, 7, 60, 60]]
@@ -262,7 +264,7 @@ def test_memory_keeps_the_right_classes() -> None:
     training.seed_everything(0)
     model = MLP(8, 16, 6, depth=1)
     y = stream.relabel(data.y_train)
-    inc._update_memory(memory, model, data.x_train, y, range(0, 2), inc.Learner.parse("ce_m4"),
+    incremental_loop._update_memory(memory, model, data.x_train, y, range(0, 2), inc.Learner.parse("ce_m4"),
                        torch.Generator().manual_seed(0), torch.device("cpu"))
     assert memory.class_counts(6).tolist() == [4, 4, 0, 0, 0, 0]
     stored = y[memory.indices()].tolist()

@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from softmax_repro import claims, incremental
 from softmax_repro.config import ConfigError
-from softmax_repro.experiments import incremental as chapter
-from softmax_repro.results import read_results
+from softmax_repro.engine import incremental_loop
+from softmax_repro.experiments import ch02_incremental_bsce as chapter
+from softmax_repro.methods import incremental
+from softmax_repro.pipeline import claims
+from softmax_repro.pipeline.results import read_results
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +77,7 @@ def test_paper_profile_is_the_papers_protocol() -> None:
 
 def test_log_rows_summarise_the_log() -> None:
     nan = float("nan")
-    log = incremental.IncrementalLog(
+    log = incremental_loop.IncrementalLog(
         step_accuracy=np.array([0.9, 0.6, 0.5]), old_accuracy=np.array([nan, 0.4, 0.3]),
         new_accuracy=np.array([0.9, 0.8, 0.9]),
         task_accuracy=np.array([[0.9, nan, nan], [0.4, 0.8, nan], [0.3, 0.4, 0.9]]),

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from softmax_repro import claims
 from softmax_repro.config import ConfigError
-from softmax_repro.experiments import kerbs
-from softmax_repro.heads import KerBSHead
+from softmax_repro.experiments import ch03_kerbs as kerbs
+from softmax_repro.methods.heads import KerBSHead
+from softmax_repro.pipeline import claims
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

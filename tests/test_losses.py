@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softmax_repro import losses
+from softmax_repro.methods import losses
 
 
 def test_balanced_softmax_equals_ce_on_balanced_counts():

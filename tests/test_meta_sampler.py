@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softmax_repro.losses import BalancedSoftmaxLoss, softmax_cross_entropy
-from softmax_repro.meta_sampler import (
+from softmax_repro.methods.losses import BalancedSoftmaxLoss, softmax_cross_entropy
+from softmax_repro.methods.meta_sampler import (
     MetaSampler,
     class_balanced_indices,
     draw_examples,

@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softmax_repro import losses
-from softmax_repro import mutual_information as mi
 from softmax_repro.data.synthetic import (
     IMBALANCE_RATIOS,
     PAPER_MEANS,
     class_counts,
     sample_gaussian_classes,
 )
+from softmax_repro.methods import losses
+from softmax_repro.methods import mutual_information as mi
 
 # PAPERS.md §4: exact MI (nats) of the paper's setup, balanced and imbalanced.
 TABLE = {1: (1.0314, 1.0224), 2: (1.3003, 1.2393), 5: (1.5544, 1.4449), 10: (1.6058, 1.4868)}

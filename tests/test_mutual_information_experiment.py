@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from softmax_repro import claims
-from softmax_repro import mutual_information as mi
 from softmax_repro.config import ConfigError
 from softmax_repro.data.synthetic import PAPER_MEANS, class_counts
-from softmax_repro.experiments import mutual_information as chapter
+from softmax_repro.experiments import ch04_softmax_mutual_information as chapter
+from softmax_repro.methods import mutual_information as mi
+from softmax_repro.pipeline import claims
 
 
 def test_profiles_build_and_cpu_matches_the_paper_setup():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from softmax_repro.runner import chapter_names
+from softmax_repro.pipeline.runner import chapter_names
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMETERS = ["profile", "seeds", "device", "overrides", "results_dir"]

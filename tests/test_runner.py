@@ -8,14 +8,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from softmax_repro import runner
 from softmax_repro.config import ConfigError
+from softmax_repro.pipeline import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
 GOOD_SOURCE = """
-from softmax_repro import results
-from softmax_repro.experiments import balanced_softmax
+from softmax_repro.pipeline import results
+from softmax_repro.experiments import ch01_balanced_softmax as balanced_softmax
 config = balanced_softmax.make_config(profile)
 results.write_results("01_toy", config, [{"method": "m", "seed": 0, "metric": "x", "value": 1.0}],
                       results_dir=results_dir, started=results.now(), wall_s=0.0, device="cpu")
@@ -55,10 +55,10 @@ def test_hash_changes_with_notebook_profile_and_library(toy_root):
     assert runner.content_hash(nb, "cpu", "auto", toy_root) == base
     assert runner.content_hash(nb, "smoke", "auto", toy_root) != base
     assert runner.content_hash(nb, "cpu", "cpu", toy_root) != base
-    (toy_root / "src" / "softmax_repro" / "losses.py").write_text("# edited\n", "utf-8")
+    (toy_root / "src" / "softmax_repro" / "methods" / "losses.py").write_text("# edited\n", "utf-8")
     assert runner.content_hash(nb, "cpu", "auto", toy_root) != base
     edited = runner.content_hash(nb, "cpu", "auto", toy_root)
-    with open(toy_root / "data" / "claims.yaml", "a") as handle:
+    with open(toy_root / "data" / "claims" / "01_balanced_softmax.yaml", "a") as handle:
         handle.write("\n# a comment\n")
     assert runner.content_hash(nb, "cpu", "auto", toy_root) != edited
 
@@ -129,7 +129,7 @@ def test_clean_outputs_strips_progress_redraws_and_widgets():
 def test_verify_compares_numbers_exactly_or_within_tolerance():
     import pandas as pd
 
-    from softmax_repro.verify import compare_rows
+    from softmax_repro.pipeline.verify import compare_rows
 
     committed = pd.DataFrame({"method": ["a", "b"], "seed": [0, 0], "metric": ["x", "x"],
                               "value": [0.5, 0.25], "wall_s": [1.0, 2.0]})
@@ -146,7 +146,7 @@ def test_verify_compares_numbers_exactly_or_within_tolerance():
 
 
 def test_timing_metrics_are_recognised():
-    from softmax_repro.results import is_timing_metric
+    from softmax_repro.pipeline.results import is_timing_metric
 
     assert all(map(is_timing_metric, ["train_s", "train_s_inc", "tokens_per_s", "wall_s"]))
     assert not any(map(is_timing_metric, ["top1", "nll", "avg_inc_acc", "senses_per_word"]))
@@ -155,8 +155,9 @@ def test_timing_metrics_are_recognised():
 GRID_SOURCE = """
 import time
 from pathlib import Path
-from softmax_repro import results, training
-from softmax_repro.experiments import balanced_softmax
+from softmax_repro.pipeline import results
+from softmax_repro.engine import training
+from softmax_repro.experiments import ch01_balanced_softmax as balanced_softmax
 log = Path(results_dir).parents[1] / "executed_runs.txt"
 
 def run_one(run):
@@ -179,7 +180,7 @@ def test_interrupted_chapter_resumes_without_redoing_finished_runs(toy_root, sig
     import time
 
     nbformat.write(_notebook(GRID_SOURCE), toy_root / "notebooks" / "01_toy.ipynb")
-    code = ("import sys; from pathlib import Path; from softmax_repro import runner; "
+    code = ("import sys; from pathlib import Path; from softmax_repro.pipeline import runner; "
             "root = Path(sys.argv[1]); runner.execute_chapter('01_toy', 'smoke', "
             "out_dir=root / 'book' / 'chapters', results_dir=root / 'results', root=root)")
     log = toy_root / "results" / "executed_runs.txt"

@@ -10,7 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from softmax_repro.experiments import balanced_softmax, incremental, kerbs, mutual_information
+from softmax_repro.experiments import ch01_balanced_softmax as balanced_softmax
+from softmax_repro.experiments import ch02_incremental_bsce as incremental
+from softmax_repro.experiments import ch03_kerbs as kerbs
+from softmax_repro.experiments import ch04_softmax_mutual_information as mutual_information
 
 ROOT = Path(__file__).resolve().parents[1]
 

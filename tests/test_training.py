@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from softmax_repro import training
 from softmax_repro.config import ConfigError
-from softmax_repro.models import MLP
+from softmax_repro.engine import training
+from softmax_repro.engine.models import MLP
 
 
 def _toy_data(n=200, seed=0):

@@ -81,7 +81,7 @@ def check_seeds(seeds: Any) -> tuple[int, ...]:
 
 def check_device(device: Any) -> None:
     """Raise unless ``device`` names a device kind this library supports (availability is checked
-    later by :func:`softmax_repro.training.resolve_device`)."""
+    later by :func:`softmax_repro.engine.training.resolve_device`)."""
     if not isinstance(device, str) or not (
         device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     ):

@@ -14,7 +14,7 @@ import hashlib
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[3]  # data/ may not import the pipeline
 CACHE_ENV = "SOFTMAX_REPRO_CACHE"
 
 

@@ -1,6 +1,6 @@
 """Claims and their computed verdicts.
 
-``data/claims.yaml`` lists every claim of every paper in the report. A claim either carries
+``data/claims/<chapter>.yaml`` lists every claim of every paper in the report. A claim carries
 ``tests`` — machine-checkable comparisons fixed before the run — or ``not_attempted`` with the
 reason. A test passes when the whole 95% interval over seeds lies beyond its threshold in its
 direction:
@@ -27,8 +27,8 @@ import yaml
 
 from softmax_repro.config import ConfigError
 from softmax_repro.metrics import mean_ci
+from softmax_repro.pipeline.paths import CLAIMS_DIR
 
-CLAIMS_PATH = Path(__file__).resolve().parents[2] / "data" / "claims.yaml"
 TEST_KINDS = ("paired_difference", "mean")
 DIRECTIONS = ("greater", "less")
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not attempted", "no results")
@@ -190,9 +190,18 @@ def parse_claims(entries: Any) -> list[Claim]:
     return claims
 
 
-def load_claims(path: str | Path = CLAIMS_PATH) -> list[Claim]:
-    """Read and validate ``data/claims.yaml``."""
-    return parse_claims(yaml.safe_load(Path(path).read_text()))
+def load_claims(path: str | Path = CLAIMS_DIR) -> list[Claim]:
+    """Read and validate the claims: one YAML file, or every ``*.yaml`` of a folder in name order
+    (``data/claims/<chapter>.yaml``)."""
+    path = Path(path)
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    entries: list[Any] = []
+    for file in files:
+        loaded = yaml.safe_load(file.read_text())
+        if not isinstance(loaded, list):
+            raise ConfigError(f"{file}: a claims file must be a YAML list of claims")
+        entries.extend(loaded)
+    return parse_claims(entries)
 
 
 def _select(rows: pd.DataFrame, test: ClaimTest, method: str) -> pd.DataFrame:

@@ -2,11 +2,11 @@
 
 Usage (see ``make help``)::
 
-    python -m softmax_repro.runner execute [--profile cpu] [--name NAME] [--device auto]
-    python -m softmax_repro.runner report  [--profile cpu]
+    python -m softmax_repro.pipeline.runner execute [--profile cpu] [--name NAME] [--device auto]
+    python -m softmax_repro.pipeline.runner report  [--profile cpu]
 
 A chapter is stale when the sha256 of (its notebook source, the profile and device, every file
-under ``src/``, ``data/claims.yaml`` and ``data/README.md``) differs from the hash stored in the
+under ``src/``, ``data/claims/`` and ``data/README.md``) differs from the hash stored in the
 executed notebook's metadata. Execution goes to a temporary file that is moved into place only on
 success, together with the chapter's results file; a failed run leaves its notebook (with the
 traceback) in ``failed/<profile>/`` and the previous good outputs untouched.
@@ -28,14 +28,13 @@ from pathlib import Path
 
 import nbformat
 
-from softmax_repro import distributed
 from softmax_repro.config import PROFILE_NAMES, ConfigError, check_choice, check_device
-from softmax_repro.training import CHECKPOINT_ENV
+from softmax_repro.engine import distributed
+from softmax_repro.engine.training import CHECKPOINT_ENV
+from softmax_repro.pipeline.paths import NUMBER_INPUTS, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KERNEL_NAME = "softmax-repro"
 METADATA_KEY = "softmax_repro"
-HASHED_FILES = ("data/claims.yaml", "data/README.md")
 
 
 def chapter_names(notebooks_dir: Path = REPO_ROOT / "notebooks") -> list[str]:
@@ -44,14 +43,16 @@ def chapter_names(notebooks_dir: Path = REPO_ROOT / "notebooks") -> list[str]:
 
 
 def content_hash(notebook: Path, profile: str, device: str, root: Path = REPO_ROOT) -> str:
-    """sha256 over the notebook, profile, device, all of ``src/`` and the data registry files."""
+    """sha256 over the notebook, profile, device and every file of :data:`paths.NUMBER_INPUTS`."""
     digest = hashlib.sha256()
     digest.update(f"profile={profile}\ndevice={device}\n".encode())
-    files = [
-        notebook,
-        *sorted((root / "src").rglob("*.py")),
-        *(root / name for name in HASHED_FILES),
-    ]
+    files = [notebook]
+    for name in NUMBER_INPUTS:
+        path = root / name
+        if path.is_dir():
+            files.extend(p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix != ".pyc")
+        else:
+            files.append(path)
     for path in files:
         if path.exists():
             digest.update(
@@ -222,7 +223,7 @@ def verify(profile: str, names: Sequence[str], results_dir: Path, tolerance: flo
     """
     import pandas as pd
 
-    from softmax_repro.verify import verify_chapter
+    from softmax_repro.pipeline.verify import verify_chapter
 
     for name in names:
         check_choice("NAME", name, chapter_names())
@@ -252,7 +253,7 @@ def verify(profile: str, names: Sequence[str], results_dir: Path, tolerance: flo
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m softmax_repro.runner",
+        prog="python -m softmax_repro.pipeline.runner",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -279,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_choice("PROFILE", args.profile, PROFILE_NAMES)
         if args.command == "report":
-            from softmax_repro.report import write_report
+            from softmax_repro.pipeline.report import write_report
 
             for path in write_report(args.profile, args.results_dir, args.book_dir):
                 print(f"[wrote] {path}")

@@ -21,9 +21,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from softmax_repro import distributed
 from softmax_repro.config import BaseConfig, ConfigError
-from softmax_repro.timing import PhaseTimer
+from softmax_repro.engine import distributed
+from softmax_repro.engine.timing import PhaseTimer
+from softmax_repro.pipeline.paths import NUMBER_INPUTS, REPO_ROOT
 
 REQUIRED_COLUMNS = ("method", "seed", "metric", "value")
 TIMING_METRIC_SUFFIXES = ("_s", "_s_inc", "_per_s")
@@ -41,8 +42,6 @@ PACKAGES = (
     "papermill",
     "jupyter-book",
 )
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PRODUCING_PATHS = ("src", "notebooks", "data", "pyproject.toml", "Makefile")
 
 
 def _git(*args: str) -> str:
@@ -77,7 +76,9 @@ def environment(device: torch.device | str) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     # dirty = uncommitted edits to what produces numbers; outputs (results, executed chapters)
     # rewritten earlier in the same book run do not count
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", *PRODUCING_PATHS)
+    status = _git(
+        "status", "--porcelain", "--untracked-files=no", "--", "notebooks", *NUMBER_INPUTS
+    )
     return {
         "commit": _git("rev-parse", "HEAD") or None,
         "dirty": bool(status),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from softmax_repro.results import read_results, without_timings
+from softmax_repro.pipeline.results import read_results, without_timings
 
 IGNORED = ("value", "wall_s")
 

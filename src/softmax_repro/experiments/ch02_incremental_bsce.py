@@ -1,14 +1,14 @@
 """Chapter 02: class-incremental learning with Balanced Softmax Cross-Entropy (Jodelet et al. 2021).
 
 Every (dataset, number of increments, class order, seed, method) run trains one model through a
-base task and equal incremental steps (:func:`softmax_repro.incremental.run_incremental`) and
+base task and equal incremental steps (:func:`incremental_loop.run_incremental`) and
 records, per step, the accuracy on all seen classes (and on the old and new ones separately), the
 training wall time and optimizer steps; per run, the average incremental accuracy, the average
 forgetting and the totals.
 
 Rows: ``dataset, increments, order, seed, method, metric, value`` plus ``step`` (0 = base task) for
 per-step metrics. Methods are named ``<ce|bsce>[_kd][_ft][_random]_m<exemplars per class>``
-(:meth:`softmax_repro.incremental.Learner.parse`); :func:`method_table` spells the parts out.
+(:meth:`incremental.Learner.parse`); :func:`method_table` spells the parts out.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from softmax_repro import incremental, metrics, results, training
+from softmax_repro import metrics
 from softmax_repro.config import (
     BaseConfig,
     ConfigError,
@@ -34,8 +34,11 @@ from softmax_repro.config import make_config as _make_config
 from softmax_repro.data.digits import load_digits_split
 from softmax_repro.data.hub import load_hub_images
 from softmax_repro.data.mnist1d import Split, load_mnist1d
-from softmax_repro.models import CNN1D, MLP, ResNetCifar
-from softmax_repro.timing import PhaseTimer
+from softmax_repro.engine import incremental_loop, training
+from softmax_repro.engine.models import CNN1D, MLP, ResNetCifar
+from softmax_repro.engine.timing import PhaseTimer
+from softmax_repro.methods import incremental
+from softmax_repro.pipeline import results
 
 CHAPTER = "02_incremental_bsce"
 NUM_CLASSES = {"mnist1d": 10, "digits": 10, "cifar100": 100}
@@ -126,11 +129,11 @@ class Config(BaseConfig):
             check_positive(field, getattr(self, field))
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
 
-    def schedule(self) -> incremental.Schedule:
+    def schedule(self) -> incremental_loop.Schedule:
         """The training specs of every stage."""
         stage = dict(batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                      schedule="cosine")
-        return incremental.Schedule(
+        return incremental_loop.Schedule(
             base=training.TrainSpec(epochs=self.epochs_base, **stage),
             step=training.TrainSpec(epochs=self.epochs_step, **stage),
             finetune=training.TrainSpec(epochs=self.finetune_epochs, batch_size=self.batch_size,
@@ -185,7 +188,7 @@ def build_model(config: Config, data: Split, num_classes: int) -> nn.Module:
     return ResNetCifar(int(config.model.removeprefix("resnet")), num_classes)
 
 
-def log_rows(log: incremental.IncrementalLog) -> list[dict[str, Any]]:
+def log_rows(log: incremental_loop.IncrementalLog) -> list[dict[str, Any]]:
     """Per-step and per-run metric rows of one run (setting columns added by the caller)."""
     rows: list[dict[str, Any]] = []
     per_step = {"acc": log.step_accuracy, "acc_old": log.old_accuracy,
@@ -274,7 +277,7 @@ def run(config: Config, *, results_dir: str = "results") -> results.ChapterResul
                                                   run["increments"], run["order"])
             training.seed_everything(run["seed"])
             model = build_model(config, data, num_classes)
-            log = incremental.run_incremental(
+            log = incremental_loop.run_incremental(
                 model, data, stream, incremental.Learner.parse(run["method"]), schedule,
                 seed=run["seed"], device=device)
             return [{**run, **row} for row in log_rows(log)]

@@ -2,13 +2,13 @@
 
 ``torchrun --nproc_per_node N script.py`` starts N copies of a program with ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in the environment. Every
-rank runs the whole chapter; :func:`softmax_repro.training.fit_classifier` then splits each global
+rank runs the whole chapter; :func:`training.fit_classifier` then splits each global
 batch across the ranks (:func:`shard_indices`) and averages gradients through
 DistributedDataParallel (:func:`wrap_model`), so N processes take the same optimizer steps as one
 process would on the same global batch. Only rank 0 shows progress bars, writes checkpoints and
 writes results.
 
-:func:`softmax_repro.training.resolve_device` calls :func:`init_from_env`, so a chapter joins the
+:func:`training.resolve_device` calls :func:`init_from_env`, so a chapter joins the
 group without code of its own. Without those variables every function here is a no-op (rank 0 of
 a world of 1), so a plain ``python`` run is unchanged.
 """

@@ -1,7 +1,7 @@
 """An LSTM/GRU language model with an exchangeable output head, its training and its evaluation.
 
 The model embeds word ids, runs a recurrent network and hands the hidden states to any
-:class:`softmax_repro.heads.OutputHead`. Training goes through :func:`softmax_repro.training.fit`
+:class:`heads.OutputHead`. Training goes through :func:`training.fit`
 with the hidden state carried across consecutive ``bptt`` windows (truncated backpropagation).
 """
 
@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from softmax_repro.data.text import lm_batches, num_lm_batches
-from softmax_repro.heads import OutputHead
-from softmax_repro.training import FitLog, TrainSpec, fit
+from softmax_repro.engine.training import FitLog, TrainSpec, fit
+from softmax_repro.methods.heads import OutputHead
 
 State = Tensor | tuple[Tensor, Tensor] | None
 

@@ -30,7 +30,6 @@ import torch
 from sklearn.metrics import adjusted_mutual_info_score
 from torch import Tensor
 
-from softmax_repro import results, training
 from softmax_repro.config import (
     BaseConfig,
     ConfigError,
@@ -44,7 +43,10 @@ from softmax_repro.config import (
     make_config as _make_config,
 )
 from softmax_repro.data import text
-from softmax_repro.heads import (
+from softmax_repro.engine import training
+from softmax_repro.engine.language_model import RNNLanguageModel, evaluate_nll, train_lm
+from softmax_repro.engine.timing import PhaseTimer
+from softmax_repro.methods.heads import (
     MAX_SENSES,
     AdaptiveSoftmaxHead,
     KerBSHead,
@@ -52,8 +54,7 @@ from softmax_repro.heads import (
     OutputHead,
     SoftmaxHead,
 )
-from softmax_repro.language_model import RNNLanguageModel, evaluate_nll, train_lm
-from softmax_repro.timing import PhaseTimer
+from softmax_repro.pipeline import results
 
 CHAPTER = "03_kerbs"
 METHODS = ("softmax", "mos", "kerbs", "kerbs_code_order", "kerbs_fixed", "kerbs_dot", "adaptive")

@@ -14,7 +14,7 @@ balanced test set. Methods (names as in the rows):
   model, as in the official code): ``bs_decoupled`` (BS, instance sampling),
   ``bs_cb_sampling_decoupled`` (BS + class-balanced sampler) and ``balms`` (BS + meta sampler).
 
-Theorem 1 runs on Gaussian classes with exact posteriors (:mod:`softmax_repro.bayes_posterior`).
+Theorem 1 runs on Gaussian classes with exact posteriors (:mod:`bayes_posterior`).
 
 Rows: ``dataset, imbalance, method, seed, metric, value`` with metrics ``top1``; ``many``,
 ``medium``, ``few`` (mean per-class accuracy over the first, middle and last third of the classes
@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from softmax_repro import bayes_posterior, losses, meta_sampler, metrics, results, training
+from softmax_repro import metrics
 from softmax_repro.config import (
     BaseConfig,
     ConfigError,
@@ -55,8 +55,11 @@ from softmax_repro.data import hub, longtail
 from softmax_repro.data.digits import load_digits_split
 from softmax_repro.data.fashion_mnist import load_fashion_mnist
 from softmax_repro.data.mnist1d import Split, load_mnist1d
-from softmax_repro.models import CNN1D, MLP, ResNetCifar
-from softmax_repro.timing import PhaseTimer
+from softmax_repro.engine import training
+from softmax_repro.engine.models import CNN1D, MLP, ResNetCifar
+from softmax_repro.engine.timing import PhaseTimer
+from softmax_repro.methods import bayes_posterior, losses, meta_sampler
+from softmax_repro.pipeline import results
 
 CHAPTER = "01_balanced_softmax"
 DATASETS = ("mnist1d", "digits", "fashion_mnist", "cifar10", "cifar100")
@@ -313,8 +316,8 @@ def fit_balms(classifier: nn.Module, features: Tensor, labels: Tensor, counts: l
     """Re-train ``classifier`` on frozen ``features`` ``[N, D]`` with BS and the meta sampler.
 
     Every step draws a batch from the learned class rates, takes one meta step on the rates
-    (:func:`softmax_repro.meta_sampler.meta_step`) and then one ordinary step of the classifier on
-    the same batch (through :func:`softmax_repro.training.fit`). Returns the final rates of the
+    (:func:`meta_sampler.meta_step`) and then one ordinary step of the classifier on
+    the same batch (through :func:`training.fit`). Returns the final rates of the
     first and last class (for the record).
     """
     classes = len(counts)

@@ -36,8 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from softmax_repro import cam, metrics, results, training
-from softmax_repro import mutual_information as mi
+from softmax_repro import metrics
 from softmax_repro.config import (
     BaseConfig,
     ConfigError,
@@ -57,8 +56,12 @@ from softmax_repro.data.hub_localisation import (
 )
 from softmax_repro.data.localization import LocalisationSet, load_digit_localisation
 from softmax_repro.data.synthetic import PAPER_MEANS, class_counts, sample_gaussian_classes
-from softmax_repro.models import MLP, GapCNN
-from softmax_repro.timing import PhaseTimer
+from softmax_repro.engine import training
+from softmax_repro.engine.models import MLP, GapCNN
+from softmax_repro.engine.timing import PhaseTimer
+from softmax_repro.methods import cam
+from softmax_repro.methods import mutual_information as mi
+from softmax_repro.pipeline import results
 
 CHAPTER = "04_softmax_mutual_information"
 BOUND_METHODS = ("infonce", "nwj", "mine")

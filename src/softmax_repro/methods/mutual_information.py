@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from scipy.special import logsumexp as np_logsumexp
 from scipy.stats import norm
 
-from softmax_repro.losses import BalancedSoftmaxLoss
+from softmax_repro.methods.losses import BalancedSoftmaxLoss
 
 MI_METHODS: tuple[str, ...] = ("softmax", "pc_softmax", "infonce", "nwj", "mine")
 

@@ -29,8 +29,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.std import tqdm
 
-from softmax_repro import distributed
 from softmax_repro.config import ConfigError, check_choice, check_device, check_int, check_positive
+from softmax_repro.engine import distributed
 
 CHECKPOINT_ENV = "SOFTMAX_REPRO_CHECKPOINTS"
 """Environment variable naming the folder where :func:`run_grid` checkpoints finished runs."""
