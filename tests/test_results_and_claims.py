@@ -95,6 +95,7 @@ TEST = {
     "b": "b",
     "direction": "greater",
     "threshold": 0.0,
+    "effect_of_interest": {"value": 0.05, "source": "ours: test fixture"},
 }
 
 
@@ -117,8 +118,8 @@ def _claim(tests):
     ("diffs", "verdict"),
     [
         ([0.10, 0.12, 0.09, 0.11, 0.10], "reproduced"),
-        ([-0.10, -0.12, -0.09, -0.11, -0.10], "not reproduced"),
-        ([0.3, -0.2, 0.25, -0.25, 0.1], "not reproduced"),  # CI straddles 0: the test does not pass
+        ([-0.10, -0.12, -0.09, -0.11, -0.10], "contradicted"),
+        ([0.3, -0.2, 0.25, -0.25, 0.1], "inconclusive"),  # CI straddles 0: the test does not pass
     ],
 )
 def test_paired_verdicts(diffs, verdict):
@@ -148,6 +149,7 @@ def test_mean_test_and_less_direction():
         "a": "est",
         "direction": "less",
         "threshold": 0.05,
+        "null": {"value": 0.5, "source": "a trivial estimator"},
     }
     assert claims.evaluate_claim(_claim([test]), rows).verdict == "reproduced"
 

@@ -7,14 +7,20 @@ differences (same seed, same setting).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-from torch import Tensor
+
+if TYPE_CHECKING:  # rendering the book (report, claims) must not need torch
+    from torch import Tensor
 
 CONFIDENCE = 0.95
+POWER = 0.80
+MAX_SEEDS = 10_000
 
 
 def accuracy(logits: Tensor, target: Tensor) -> float:
@@ -60,6 +66,39 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[fl
     sem = float(data.std(ddof=1) / np.sqrt(data.size))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=data.size - 1)) * sem
     return mean, mean - half, mean + half
+
+
+def minimum_detectable_effect(
+    sd: float, n: int, confidence: float = CONFIDENCE, power: float = POWER
+) -> float:
+    """The smallest true effect (distance from a test's threshold) that a one-sided test at the
+    95% interval's edge detects with probability ``power``, given the per-seed spread ``sd`` of
+    ``n`` values: ``(t_{(1+confidence)/2, n-1} + t_{power, n-1}) · sd / √n``.
+
+    NaN for ``n < 2`` (no spread can be estimated); 0 when ``sd == 0``.
+    """
+    if n < 2 or not math.isfinite(sd):
+        return float("nan")
+    df = n - 1
+    quantiles = stats.t.ppf(0.5 + confidence / 2, df) + stats.t.ppf(power, df)
+    return float(quantiles * sd / math.sqrt(n))
+
+
+def seeds_needed(
+    sd: float, effect: float, confidence: float = CONFIDENCE, power: float = POWER
+) -> int | None:
+    """The fewest seeds whose :func:`minimum_detectable_effect` is at most ``effect``.
+
+    ``None`` when no spread is known (``sd`` NaN) or ``effect <= 0``; capped at ``MAX_SEEDS``.
+    """
+    if not math.isfinite(sd) or effect <= 0:
+        return None
+    if sd == 0:
+        return 2
+    n = 2
+    while n < MAX_SEEDS and minimum_detectable_effect(sd, n, confidence, power) > effect:
+        n = n * 2 if minimum_detectable_effect(sd, n * 2, confidence, power) > effect else n + 1
+    return n
 
 
 def paired_difference_ci(
