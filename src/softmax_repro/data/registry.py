@@ -14,6 +14,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from softmax_repro.config import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parents[3]  # data/ may not import the pipeline
 CACHE_ENV = "SOFTMAX_REPRO_CACHE"
 
@@ -47,9 +49,29 @@ REGISTRY: dict[str, DataSource] = {}
 """Fetched files by name; chapter data modules add their sources here."""
 
 
+def check_cache_env() -> None:
+    """Raise when ``$SOFTMAX_REPRO_CACHE`` is set but empty or blank (which would otherwise put
+    the cache into whatever folder the process runs in).
+
+    Raises:
+        ConfigError: says to unset the variable or give it a folder.
+    """
+    value = os.environ.get(CACHE_ENV)
+    if value is not None and not value.strip():
+        raise ConfigError(
+            f"{CACHE_ENV}={value!r} is empty; unset it (the cache is then data/cache) or give it "
+            "a folder, e.g. export SOFTMAX_REPRO_CACHE=$HOME/.cache/softmax-repro"
+        )
+
+
 def cache_dir() -> Path:
-    """The cache folder: ``$SOFTMAX_REPRO_CACHE`` or ``data/cache`` in the repository."""
-    path = Path(os.environ.get(CACHE_ENV, REPO_ROOT / "data" / "cache"))
+    """The cache folder: ``$SOFTMAX_REPRO_CACHE`` or ``data/cache`` in the repository.
+
+    Raises:
+        ConfigError: ``$SOFTMAX_REPRO_CACHE`` is set but empty (:func:`check_cache_env`).
+    """
+    check_cache_env()
+    path = Path(os.environ.get(CACHE_ENV) or REPO_ROOT / "data" / "cache")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
+import math
 import platform
 import subprocess
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 
 from softmax_repro.config import BaseConfig, ConfigError
-from softmax_repro.engine import distributed
-from softmax_repro.engine.timing import PhaseTimer
-from softmax_repro.pipeline.paths import NUMBER_INPUTS, REPO_ROOT
+from softmax_repro.pipeline.paths import REPO_ROOT, number_inputs
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading results must not need it
+    import torch
+
+    from softmax_repro.engine.timing import PhaseTimer
 
 REQUIRED_COLUMNS = ("method", "seed", "metric", "value")
 TIMING_METRIC_SUFFIXES = ("_s", "_s_inc", "_per_s")
@@ -64,8 +68,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def environment(device: torch.device | str) -> dict[str, Any]:
-    """Git state, package versions and hardware of this process."""
+def environment(device: torch.device | str, chapter: str = "") -> dict[str, Any]:
+    """Git state, package versions and hardware of this process.
+
+    ``dirty`` is true when any of ``chapter``'s inputs (:func:`paths.number_inputs`, the same list
+    the runner's content hash reads) has uncommitted changes.
+    """
+    import torch
+
     versions = {}
     for name in PACKAGES:
         try:
@@ -76,9 +86,7 @@ def environment(device: torch.device | str) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     # dirty = uncommitted edits to what produces numbers; outputs (results, executed chapters)
     # rewritten earlier in the same book run do not count
-    status = _git(
-        "status", "--porcelain", "--untracked-files=no", "--", "notebooks", *NUMBER_INPUTS
-    )
+    status = _git("status", "--porcelain", "--", *number_inputs(chapter or "*"))
     return {
         "commit": _git("rev-parse", "HEAD") or None,
         "dirty": bool(status),
@@ -122,7 +130,7 @@ def write_results(
         "started": started.astimezone(dt.UTC).isoformat(timespec="seconds"),
         "wall_s": round(wall_s, 3),
         "timings_s": dict(timings or {}),
-        **environment(device),
+        **environment(device, chapter),
     }
     payload = {
         "chapter": chapter,
@@ -130,6 +138,8 @@ def write_results(
         "provenance": provenance,
         "rows": [dict(r) for r in rows],
     }
+    from softmax_repro.engine import distributed
+
     path = Path(results_dir) / config.profile / f"{chapter}.json"
     if distributed.is_rank0():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,22 +153,93 @@ def write_results(
 def read_results(
     path: str | Path, profile: str | None = None
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Rows (as a DataFrame) and provenance of a results file.
+    """Rows (as a DataFrame) and provenance of a results file, checked before use.
 
     Args:
         path: the JSON file.
-        profile: when given, the file must have been written at this profile.
+        profile: when given, the file must have been written at this profile, and its commit
+            must be one of this repository's (see :func:`check_provenance`).
 
     Raises:
-        ConfigError: the file belongs to another profile.
+        ConfigError: the file is unreadable or truncated, lacks a field, belongs to another
+            profile, was relabelled, names a commit this repository does not have, or holds a row
+            whose value is not a finite number. The message names the file (and the row).
     """
-    payload = json.loads(Path(path).read_text())
-    if profile is not None and payload["profile"] != profile:
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"results file {path} does not exist; run the chapter first "
+                          "(make chapter NAME=...)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"results file {path} is not valid JSON ({error}): truncated or edited "
+                          "by hand; re-run its chapter (make chapter NAME=...) or restore it "
+                          "with git") from None
+    check_provenance(payload, path, profile)
+    _check_rows(payload["rows"], path)
+    return pd.DataFrame.from_records(payload["rows"]), payload["provenance"]
+
+
+def check_provenance(payload: Any, path: Path, profile: str | None = None) -> None:
+    """Reject a results payload whose labels disagree with each other or with ``profile``.
+
+    The profile is recorded three times (top level, provenance, the config) and must agree;
+    the chapter must match the file name. With ``profile`` given, a commit this repository does
+    not know is rejected too (skipped when git or the history is unavailable, e.g. a shallow
+    clone).
+    """
+    fix = "re-run its chapter (make chapter NAME=...) or restore it with git"
+    if not isinstance(payload, dict) or not {"chapter", "profile", "provenance", "rows"} <= set(
+            payload):
+        raise ConfigError(f"results file {path} lacks chapter/profile/provenance/rows; {fix}")
+    provenance = payload["provenance"]
+    labels = {"profile": payload["profile"], "provenance.profile": provenance.get("profile"),
+              "provenance.config.profile": provenance.get("config", {}).get("profile")}
+    if len(set(labels.values())) != 1:
+        raise ConfigError(f"results file {path} disagrees with itself about its profile "
+                          f"({labels}): relabelled by hand? {fix}")
+    if payload["chapter"] != path.stem:
+        raise ConfigError(f"results file {path} holds chapter {payload['chapter']!r}, not "
+                          f"{path.stem!r}; {fix}")
+    if profile is None:
+        return
+    if payload["profile"] != profile:
         raise ConfigError(
             f"results file {path} was written at profile={payload['profile']!r}, "
             f"but profile={profile!r} was asked for"
         )
-    return pd.DataFrame.from_records(payload["rows"]), payload["provenance"]
+    commit = provenance.get("commit")
+    if commit and not _commit_known(commit):
+        raise ConfigError(f"results file {path} names commit {commit}, which this repository "
+                          f"does not have: results from another repository or history; {fix}")
+
+
+@functools.lru_cache(maxsize=64)
+def _commit_known(commit: str) -> bool:
+    """Whether ``commit`` is in this repository (true when git or full history is unavailable)."""
+    if _git("rev-parse", "--is-shallow-repository") != "false":
+        return True  # no git, not a repository, or a shallow clone: nothing to check against
+    try:
+        done = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO_ROOT,
+                              capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return done.returncode == 0
+
+
+def _check_rows(rows: Any, path: Path) -> None:
+    if not isinstance(rows, list):
+        raise ConfigError(f"results file {path}: rows must be a list")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or any(c not in row for c in REQUIRED_COLUMNS):
+            raise ConfigError(f"results file {path}, row {i}: lacks one of {REQUIRED_COLUMNS}: "
+                              f"{row!r}")
+        value = row["value"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            raise ConfigError(f"results file {path}, row {i} ({row['method']}, seed "
+                              f"{row['seed']}, {row['metric']}): value {value!r} is not a finite "
+                              "number; fix the chapter so it never records NaN or infinity")
 
 
 def now() -> dt.datetime:

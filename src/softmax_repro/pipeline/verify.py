@@ -7,10 +7,12 @@ Timing metrics (seconds, tokens per second) are left out: they are measurements 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
+from softmax_repro.config import ConfigError
 from softmax_repro.pipeline.results import read_results, without_timings
 
 IGNORED = ("value", "wall_s")
@@ -30,6 +32,8 @@ def compare_rows(
             f"the two results have different columns: {sorted(fresh.columns)} vs "
             f"{sorted(committed.columns)}"
         )
+    for side, frame in (("committed", committed), ("fresh", fresh)):
+        check_unique(frame, keys, side)
     merged = committed[[*keys, "value"]].merge(
         fresh[[*keys, "value"]], on=keys, how="outer", suffixes=("_committed", "_fresh")
     )
@@ -38,10 +42,36 @@ def compare_rows(
     return merged
 
 
+def check_unique(rows: pd.DataFrame, keys: list[str], side: str = "") -> None:
+    """Raise when two rows share every key column: a number would be counted twice.
+
+    Raises:
+        ConfigError: names the first duplicated row.
+    """
+    duplicated = rows[rows.duplicated(subset=keys, keep=False)]
+    if not duplicated.empty:
+        first = duplicated.iloc[0][keys].to_dict()
+        raise ConfigError(
+            f"the {side} results hold {len(duplicated)} rows that share all of {keys} with "
+            f"another row, e.g. {first}; each number must appear once: re-run the chapter or "
+            "restore the file with git"
+        )
+
+
 def verify_chapter(
     fresh_path: Path, committed_path: Path, profile: str, tolerance: float = 0.0
 ) -> pd.DataFrame:
-    """:func:`compare_rows` for two results files of ``profile``."""
+    """:func:`compare_rows` for two results files of ``profile``.
+
+    Raises:
+        ConfigError: either file is broken or foreign (see :func:`results.read_results`), holds
+            duplicated rows, or ``tolerance`` is not a finite number >= 0.
+    """
+    if not (tolerance >= 0 and math.isfinite(tolerance)):
+        raise ConfigError(f"tolerance={tolerance!r} is not allowed; give a finite number >= 0")
     fresh, _ = read_results(fresh_path, profile)
     committed, _ = read_results(committed_path, profile)
-    return compare_rows(fresh, committed, tolerance)
+    try:
+        return compare_rows(fresh, committed, tolerance)
+    except ConfigError as error:
+        raise ConfigError(f"{committed_path} vs {fresh_path}: {error}") from None
