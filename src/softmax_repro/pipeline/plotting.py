@@ -1,25 +1,96 @@
-"""One seaborn look for the whole book and the figure helpers chapters share.
+"""One look for every figure of the book: theme, the method→colour map, interval error bars.
 
-Intervals drawn here are 95% Student-t intervals over seeds, computed by
-:func:`softmax_repro.metrics.summarize` (not seaborn's bootstrap), so figures and tables agree.
+- :data:`METHOD_COLORS` gives every method ONE colour across the whole book (``softmax``, the
+  baseline of most chapters, is always near-black), so a legend means the same in every panel and
+  every chapter. It is split into one block per chapter; a chapter's owner adds its methods to
+  its own block, choosing colours that differ from the other methods of that chapter.
+- Error bars are 95% Student-t intervals over seeds (:func:`t_interval`, the interval of
+  :func:`softmax_repro.metrics.mean_ci`), passed to seaborn as ``errorbar=t_interval``, so
+  figures and tables agree. Rows must hold one value per seed for each plotted point.
+- :func:`figure_legend` replaces the panels' legends with one legend for the whole figure, built
+  from every panel's entries (so it lists every colour that appears anywhere).
+- Figures are rendered at :data:`FIGURE_DPI` (≥ 150); put them on the page with
+  ``page.glue_figure`` and a ``{glue:figure}`` directive (number, caption, alt text).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from softmax_repro.metrics import summarize
+from softmax_repro.metrics import mean_ci
 
-FIGURE_DPI = 90
+FIGURE_DPI = 150
+
+# Okabe–Ito / seaborn "colorblind" colours, plus three darker ones for chapters with > 10 methods.
+BLUE, ORANGE, GREEN, VERMILION, PINK = "#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc"
+BROWN, ROSE, GREY, YELLOW, SKY = "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9"
+PURPLE, OLIVE, NAVY = "#6a3d9a", "#808000", "#1f3a68"
+BASELINE = "#333333"
+FALLBACK = (BLUE, ORANGE, GREEN, VERMILION, PINK, BROWN, ROSE, GREY, YELLOW, SKY, PURPLE, OLIVE)
+
+METHOD_COLORS: dict[str, str] = {
+    # ---- every chapter: the plain softmax / cross-entropy baseline ------------------------------
+    "softmax": BASELINE,
+    # ---- 01_balanced_softmax (Balanced Softmax, BALMS, long-tail baselines) ----------------------
+    "balanced_softmax": BLUE,
+    "balanced_softmax_quarter": SKY,
+    "balms": GREEN,
+    "bs_cb_sampling": PINK,
+    "bs_cb_sampling_decoupled": ROSE,
+    "bs_decoupled": BROWN,
+    "cb_reweighting": ORANGE,
+    "cb_sampling": YELLOW,
+    "focal": VERMILION,
+    "posthoc_adjustment": GREY,
+    # ---- 02_incremental_bsce (CE family warm, BSCE family cool) -------------------------------
+    "ce_m0": ORANGE,
+    "ce_m5": YELLOW,
+    "ce_m20": VERMILION,
+    "ce_kd_m0": BROWN,
+    "ce_kd_m20": PINK,
+    "ce_ft_m20": GREY,
+    "ce_kd_ft_m20": ROSE,
+    "bsce_m5": SKY,
+    "bsce_m20": BLUE,
+    "bsce_kd_m0": GREEN,
+    "bsce_kd_m20": NAVY,
+    "bsce_random_m20": PURPLE,
+    # ---- 03_kerbs (KerBS and its ablations, mixture of softmaxes, adaptive softmax) --------------
+    "kerbs": BLUE,
+    "kerbs_code_order": SKY,
+    "kerbs_dot": GREEN,
+    "kerbs_fixed": PINK,
+    "kerbs_untrained_senses": GREY,
+    "mos": VERMILION,
+    "adaptive": ORANGE,
+    "oracle": YELLOW,
+    # ---- 04_softmax_mutual_information (MI estimators, CAM / infoCAM, masking) ------------------
+    "pc_softmax": BLUE,
+    "infonce": GREEN,
+    "nwj": ORANGE,
+    "mine": PINK,
+    "cnn": GREY,
+    "cam": VERMILION,
+    "infocam": SKY,
+    "info_mask": BROWN,
+    "random_mask": YELLOW,
+    # ---- 05_margins (chapter owner: add HASeparator, L-Softmax, D-Softmax methods here) ---------
+    # ---- 06_gradient_decay (chapter owner: add β gradient decay, periodic attention here) -------
+    # ---- 07_extreme_classification (chapter owner: adversarial negatives, overlapping clusters;
+    #      reuse "adaptive" for the adaptive softmax) -----------------------------------------
+    # ---- 08_exact_answers (chapter owner: softmax tricks, ADMM-Softmax, MRC, universal features)
+}
 
 
 def set_theme() -> None:
-    """The book's plotting theme: seaborn whitegrid, colour-blind palette, modest PNG size."""
+    """The book's plotting theme: seaborn whitegrid, colour-blind palette, 150 dpi PNGs."""
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
     plt.rcParams.update(
         {
@@ -27,22 +98,40 @@ def set_theme() -> None:
             "savefig.dpi": FIGURE_DPI,
             "figure.figsize": (7.0, 4.0),
             "axes.titlesize": "medium",
+            "legend.fontsize": "small",
         }
     )
 
 
-def _errorbars(ax: Axes, data: pd.DataFrame, x_positions: Sequence[float], color: str) -> None:
-    lower = data["mean"] - data["ci_low"]
-    upper = data["ci_high"] - data["mean"]
-    ax.errorbar(
-        x_positions,
-        data["mean"],
-        yerr=[lower.fillna(0), upper.fillna(0)],
-        fmt="none",
-        ecolor=color,
-        capsize=3,
-        lw=1,
-    )
+def method_color(method: str) -> str:
+    """The book-wide colour of ``method`` (a fixed fallback colour when it is not in the map)."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return FALLBACK[sum(map(ord, str(method))) % len(FALLBACK)]
+
+
+def palette(names: Iterable[object]) -> dict[object, str] | list[tuple[float, float, float]]:
+    """Colours for seaborn's ``palette=``: the method colours when every name is a method,
+    else the colour-blind palette in order (e.g. for a hue of dimensions or metrics)."""
+    names = list(dict.fromkeys(names))
+    if names and all(str(n) in METHOD_COLORS for n in names):
+        return {n: METHOD_COLORS[str(n)] for n in names}
+    return sns.color_palette("colorblind", n_colors=max(len(names), 1))
+
+
+def t_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """The 95% Student-t interval of the mean of ``values`` (seaborn ``errorbar=`` callable);
+    a single value gives a zero-length bar."""
+    mean, low, high = mean_ci(np.asarray(values, dtype=float))
+    if np.isnan(low):
+        return mean, mean
+    return low, high
+
+
+def _hue_order(rows: pd.DataFrame, hue: str, hue_order: Sequence[object] | None) -> list:
+    if hue_order is not None:
+        return list(hue_order)
+    return list(dict.fromkeys(rows[hue]))
 
 
 def ci_lineplot(
@@ -53,20 +142,25 @@ def ci_lineplot(
     ax: Axes | None = None,
     logx: bool = False,
     ylabel: str | None = None,
+    hue_order: Sequence[object] | None = None,
+    legend: bool = True,
 ) -> Axes:
-    """Mean of ``value`` against ``x`` per ``hue`` with 95% t-interval error bars over seeds."""
+    """Mean of ``value`` against ``x``, one line per ``hue``, with 95% t-interval bars over seeds.
+
+    ``rows`` hold one ``value`` per seed for each (``x``, ``hue``); methods get their book-wide
+    colours.
+    """
     ax = ax or plt.subplots()[1]
-    table = summarize(rows, [hue, x], value)
-    palette = sns.color_palette(n_colors=table[hue].nunique())
-    for color, (name, group) in zip(palette, table.groupby(hue, sort=False), strict=True):
-        group = group.sort_values(x)
-        ax.plot(group[x], group["mean"], marker="o", label=str(name), color=color)
-        _errorbars(ax, group, group[x].to_numpy(), color)
+    order = _hue_order(rows, hue, hue_order)
+    sns.lineplot(data=rows, x=x, y=value, hue=hue, hue_order=order, palette=palette(order),
+                 estimator="mean", errorbar=t_interval, err_style="bars", marker="o",
+                 err_kws={"capsize": 3, "elinewidth": 1}, ax=ax, legend=legend)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or value)
-    ax.legend(title=hue, fontsize="small")
+    if legend and ax.get_legend() is not None:
+        ax.legend(title=hue)
     return ax
 
 
@@ -77,22 +171,56 @@ def ci_barplot(
     value: str = "value",
     ax: Axes | None = None,
     ylabel: str | None = None,
-    order: Sequence[str] | None = None,
+    order: Sequence[object] | None = None,
+    hue_order: Sequence[object] | None = None,
+    legend: bool = True,
 ) -> Axes:
     """Grouped bars of the mean of ``value`` per ``x`` and ``hue`` with 95% t-interval bars."""
     ax = ax or plt.subplots()[1]
-    table = summarize(rows, [x, hue], value)
+    hues = _hue_order(rows, hue, hue_order)
     xs = list(order) if order is not None else list(dict.fromkeys(rows[x]))
-    hues = list(dict.fromkeys(rows[hue]))
-    width = 0.8 / len(hues)
-    palette = sns.color_palette(n_colors=len(hues))
-    for i, (name, color) in enumerate(zip(hues, palette, strict=True)):
-        group = table[table[hue] == name].set_index(x).reindex(xs)
-        positions = [j - 0.4 + width * (i + 0.5) for j in range(len(xs))]
-        ax.bar(positions, group["mean"], width=width, color=color, label=str(name))
-        _errorbars(ax, group, positions, "black")
-    ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+    sns.barplot(data=rows, x=x, y=value, hue=hue, order=xs, hue_order=hues,
+                palette=palette(hues), saturation=1.0, estimator="mean", errorbar=t_interval,
+                capsize=0.1,
+                err_kws={"linewidth": 1, "color": "black"}, ax=ax, legend=legend)
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or value)
-    ax.legend(title=hue, fontsize="small")
+    if legend and ax.get_legend() is not None:
+        ax.legend(title=hue)
     return ax
+
+
+def figure_legend(fig: Figure, axes: Iterable[Axes] | None = None, title: str | None = None,
+                  below: bool = False) -> None:
+    """One legend for the whole figure with every entry of every panel (first label wins),
+    replacing the panels' own legends, so the legend matches every panel. It sits right of the
+    panels (``below=True``: under them); the page's PNG is cropped to include it. Call it after
+    ``fig.tight_layout()``."""
+    axes = list(fig.axes if axes is None else axes)
+    entries: dict[str, object] = {}
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        for handle, label in zip(handles, labels, strict=True):
+            if not label.startswith("_"):
+                entries.setdefault(label, handle)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if entries:
+        where = ({"loc": "upper center", "bbox_to_anchor": (0.5, 0.0),
+                  "ncols": min(len(entries), 4)}
+                 if below else {"loc": "center left", "bbox_to_anchor": (1.0, 0.5)})
+        fig.legend(list(entries.values()), list(entries), title=title, frameon=False, **where)
+
+
+def method_legend(ax_or_fig: Axes | Figure, methods: Iterable[str], title: str | None = "method",
+                  **kwargs: object) -> None:
+    """A legend of ``methods`` in their book-wide colours (for hand-drawn panels)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=method_color(m), marker="o", label=m) for m in methods]
+    ax_or_fig.legend(handles=handles, title=title, **kwargs)
+
+
+def colors_of(methods: Iterable[str]) -> Mapping[str, str]:
+    """``{method: colour}`` for hand-drawn plots (``ax.errorbar(..., color=colors[m])``)."""
+    return {m: method_color(m) for m in methods}
