@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 
 from softmax_repro.engine import training
-from softmax_repro.pipeline import results
+from softmax_repro.pipeline import results, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_OUT = ROOT / "results" / "scaling.json"
@@ -475,9 +475,8 @@ def machine() -> dict[str, Any]:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A pipe table through the book's one table writer (``pipeline.tables``)."""
+    return tables.markdown_table(pd.DataFrame(list(rows), columns=list(header))).rstrip("\n")
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
