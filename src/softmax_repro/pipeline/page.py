@@ -111,7 +111,6 @@ from softmax_repro.metrics import mean_ci
 from softmax_repro.pipeline import claims as claims_mod
 from softmax_repro.pipeline import tables
 from softmax_repro.pipeline.results import ChapterResult
-from softmax_repro.pipeline.results import provenance_table as _provenance_table
 
 RERUN_PROFILE = "cpu"
 MIN_FIGURE_DPI = 150
@@ -394,5 +393,25 @@ def paper_vs_ours(chapter: str, rows: pd.DataFrame,
 
 
 def runtime_table(provenance: Mapping[str, Any]) -> tables.Table:
-    """Runtime and environment of the run as a two-column table."""
-    return tables.Table(_provenance_table(provenance))
+    """Runtime and environment of the run as a two-column table (``—`` where not recorded)."""
+    config = provenance.get("config") or {}
+    packages = provenance.get("packages") or {}
+    phases = ", ".join(f"{k} {tables.format_seconds(v)}"
+                       for k, v in (provenance.get("timings_s") or {}).items())
+    commit = provenance.get("commit")
+    items = {
+        "started (UTC)": str(provenance.get("started") or "—")[:19].replace("T", " "),
+        "computation time": tables.format_seconds(provenance.get("wall_s")),
+        "time by phase": phases or "—",
+        "profile": provenance.get("profile"),
+        "seeds": _value_text(config.get("seeds", [])),
+        "device": provenance.get("device"),
+        "CPU / GPU": provenance.get("gpu") or provenance.get("cpu"),
+        "torch threads": config.get("threads") or provenance.get("torch_threads"),
+        "commit": f"{commit}{' (dirty)' if provenance.get('dirty') else ''}" if commit else None,
+        "Python / torch": " / ".join(str(v) for v in (provenance.get("python"),
+                                                      packages.get("torch")) if v) or None,
+    }
+    return tables.Table(pd.DataFrame({"item": list(items),
+                                      "value": [_value_text(v) if v is not None else "—"
+                                                for v in items.values()]}))
