@@ -100,6 +100,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -415,3 +416,66 @@ def runtime_table(provenance: Mapping[str, Any]) -> tables.Table:
     return tables.Table(pd.DataFrame({"item": list(items),
                                       "value": [_value_text(v) if v is not None else "—"
                                                 for v in items.values()]}))
+
+
+# --------------------------------------------------------------------------- typed numbers
+
+_STRIP = [
+    re.compile(r"```.*?```", re.S),                        # fenced blocks (directives, code)
+    re.compile(r":::.*?:::", re.S),                        # colon fences
+    re.compile(r"\$\$.*?\$\$", re.S),                      # display math
+    re.compile(r"\\begin\{(\w+\*?)\}.*?\\end\{\1\}", re.S),  # amsmath environments
+    re.compile(r"(?<!\\)\$[^$\n]+?(?<!\\)\$"),             # inline math: constants allowed
+    re.compile(r"\{[\w:-]+\}`[^`]*`"),                     # roles: {glue}`x`, {cite:t}`k`, ...
+    re.compile(r"``.*?``|`[^`\n]*`"),                      # inline code
+    re.compile(r"^\([\w:.-]+\)=\s*$", re.M),               # MyST labels (claim-<id>)=
+    re.compile(r"\]\([^)]*\)|<https?://[^>]*>|https?://\S+"),  # link targets and URLs
+    re.compile(r"<!--.*?-->", re.S),                       # comments
+]
+_REFERENCE_WORDS = (r"(?:Section|Sections|Sec\.|§|Table|Tables|Tab\.|Figure|Figures|Fig\.|Eq\.|"
+                    r"Eqs\.|Equation|Equations|Theorem|Lemma|Proposition|Corollary|Algorithm|"
+                    r"Appendix|arXiv|version|v)")
+_NUMBER = r"[−-]?\d+(?:,\d{3})*(?:\.\d+)?"
+_RESULT_LIKE = re.compile(
+    rf"(?<![\w.]){_NUMBER}\s?%"                                  # a percentage
+    rf"|(?<![\w.])\d+(?:,\d{{3}})*\.\d+(?![\w.])"                 # a decimal
+    rf"|±\s?{_NUMBER}"                                           # a ± half-width
+    rf"|\[\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\]"                     # an interval
+    rf"|(?<![\w.]){_NUMBER}\s?(?:s|ms|min|h|nats|ppl)\b"         # a duration or a measured unit
+    rf"|(?<![\w.]){_NUMBER}\s?(?:\w+\s?)?/\s?s\b"                 # a throughput (tokens/s)
+)
+_ALLOWED_BEFORE = re.compile(rf"{_REFERENCE_WORDS}\s*$")
+_CONFIDENCE_LEVEL = re.compile(r"^%?\s*(?:Student-t\s+|t-)?(?:confidence|interval|CI|power)\b")
+
+
+def typed_numbers(markdown: str) -> list[str]:
+    """Result-like numbers typed into ``markdown`` (a chapter's markdown cell), which must come
+    from ``glue`` instead.
+
+    Result-like: a decimal (``0.349``), a percentage, a ``±`` half-width, an interval
+    ``[a, b]``, a number with a unit of time or measurement (``399 s``, ``0.12 nats``) or a
+    throughput (``8,941 tokens/s``). Allowed (the documented allow-list): anything inside math
+    (``$…$``, ``$$…$$``: constants in equations, and thresholds written as math), glue and other
+    roles, code, labels, URLs, and numbers right after a reference word (Section 4.2, Eq. 10,
+    Table 5, arXiv 2007.10740), confidence levels (``95% interval``, ``80% power``); integers
+    such as years, counts and section numbers are not result-like.
+    """
+    text = markdown
+    for pattern in _STRIP:
+        text = pattern.sub(" ", text)
+    found = []
+    for match in _RESULT_LIKE.finditer(text):
+        if _ALLOWED_BEFORE.search(text[max(0, match.start() - 20):match.start()]):
+            continue
+        level = match.group(0).rstrip().endswith("%") or match.group(0).startswith("±")
+        if level and _CONFIDENCE_LEVEL.match(text[match.end():match.end() + 30]):
+            continue  # a confidence level or power ("95% interval"), not a result
+        found.append(match.group(0).strip())
+    return found
+
+
+def comment_lines(markdown: str) -> list[str]:
+    """Lines of ``markdown`` that MyST would swallow as comments: they start with ``%`` (outside
+    fenced blocks), e.g. a wrapped "… 3.0\\n% of the classes". Rewrap the sentence."""
+    text = re.sub(r"```.*?```", "", markdown, flags=re.S)
+    return [line for line in text.splitlines() if line.lstrip().startswith("%")]
