@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import signal
 
 from softmax_repro.engine.models import GapCNN
 from softmax_repro.methods import cam
@@ -34,19 +35,46 @@ def test_contrast_weights_subtract_mean_of_other_classes():
         cam.contrast_weights(WEIGHT[:1])
 
 
-def test_region_sum_odd_and_even_kernels():
+def test_region_sum_is_the_official_full_convolution():
     delta = torch.zeros(1, 5, 5)
     delta[0, 2, 2] = 1.0
-    odd = cam.region_sum(delta, 3)[0]
-    expected = torch.zeros(5, 5)
-    expected[1:4, 1:4] = 1.0
+    odd = cam.region_sum(delta, 3)[0]  # output 7×7; cell (i, j) sums inputs i−2..i × j−2..j
+    expected = torch.zeros(7, 7)
+    expected[2:5, 2:5] = 1.0
     torch.testing.assert_close(odd, expected)
-    even = cam.region_sum(delta, 2)[0]  # window covers (i..i+1, j..j+1)
-    expected = torch.zeros(5, 5)
-    expected[1:3, 1:3] = 1.0
+    even = cam.region_sum(delta, 4)[0]  # output 8×8; the official CUB kernel
+    expected = torch.zeros(8, 8)
+    expected[2:6, 2:6] = 1.0
     torch.testing.assert_close(even, expected)
-    ones = cam.region_sum(torch.ones(1, 3, 3), 3)[0]
-    torch.testing.assert_close(ones, torch.tensor([[4.0, 6, 4], [6, 9, 6], [4, 6, 4]]))
+    ones = cam.region_sum(torch.ones(1, 2, 2), 2)[0]
+    torch.testing.assert_close(ones, torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]))
+    # the reference: scipy's full 2-D convolution with an all-ones window
+    rng = np.random.default_rng(0)
+    maps = rng.standard_normal((2, 6, 5))
+    for r in (1, 3, 4):
+        ours = cam.region_sum(torch.from_numpy(maps), r).numpy()
+        reference = np.stack([signal.convolve2d(m, np.ones((r, r)), mode="full") for m in maps])
+        np.testing.assert_allclose(ours, reference, atol=1e-12)
+    with pytest.raises(ValueError, match="kernel_size"):
+        cam.region_sum(delta, 0)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 4])
+def test_region_sum_resized_keeps_the_map_centred(kernel_size):
+    """A same-size window of even side shifts the map by half a cell; the full convolution, resized
+    to the image as the official code does, commutes with flips (no shift)."""
+    rng = np.random.default_rng(1)
+    maps = torch.from_numpy(rng.random((3, 8, 8)))
+    summed = cam.upsample(cam.region_sum(maps, kernel_size), (32, 32))
+    flipped = cam.upsample(cam.region_sum(maps.flip(-1, -2), kernel_size), (32, 32))
+    torch.testing.assert_close(flipped, summed.flip(-1, -2))
+    # a single hot cell at the centre of an even map gives a map peaked symmetrically
+    delta = torch.zeros(1, 8, 8)
+    delta[0, 3:5, 3:5] = 1.0
+    up = cam.upsample(cam.region_sum(delta, kernel_size), (32, 32))[0]
+    rows, cols = torch.nonzero(up == up.max(), as_tuple=True)
+    assert rows.float().mean().item() == pytest.approx(15.5)
+    assert cols.float().mean().item() == pytest.approx(15.5)
 
 
 def test_info_map_by_hand():
@@ -55,7 +83,10 @@ def test_info_map_by_hand():
     torch.testing.assert_close(maps, expected)
     summed = cam.info_maps(hand_features(), WEIGHT, torch.tensor([2]), kernel_size=3)
     row2 = 1.5 * hand_features().sum(dim=1)  # contrast row 2 = (1.5, 1.5)
-    torch.testing.assert_close(summed[0, 0, 0], row2[0, :2, :2].sum())
+    assert summed.shape[-2:] == (row2.shape[-2] + 2, row2.shape[-1] + 2)
+    # full-convolution cell (2, 2) sums input cells 0..2 × 0..2
+    torch.testing.assert_close(summed[0, 2, 2], row2[0, :3, :3].sum())
+    torch.testing.assert_close(summed[0, 0, 0], row2[0, 0, 0])
 
 
 def test_upsample_keeps_constant_maps():

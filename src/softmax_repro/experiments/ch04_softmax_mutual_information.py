@@ -2,12 +2,17 @@
 
 Two parts, one results file:
 
-* ``synthetic`` (Qin et al.'s setup): five Gaussian classes ``N(m · 1_d, I)``, ``m ∈ {0, ±2, ±4}``,
-  balanced (``n_per_class`` each) or imbalanced (0.5/1/1.5/2/2.5 × ``n_per_class``); an MLP
-  ``d → 100 → 100 → 100 → 5`` trained with Adam. Each run trains one estimator (``softmax``,
+* ``synthetic``: Gaussian classes ``N(m · 1_d, I)``, balanced (``n_per_class`` each) or imbalanced
+  (0.5 … 2.5 × ``n_per_class``); an MLP ``d → 100 → 100 → 100 → K`` trained with Adam. Two series:
+  ``main``, Qin et al.'s setup (five classes, ``m ∈ {0, ±2, ±4}``, ``dims``), and ``overlap``
+  (``overlap_classes`` classes ``overlap_spacing`` apart at ``overlap_dims``), where I(X;Y) lies
+  well below log K, so that the constant estimate log K cannot pass a test (at the paper's d = 5
+  and 10 the exact MI is within 0.06 nats of log 5). Each run trains one estimator (``softmax``,
   ``pc_softmax``, ``infonce``, ``nwj``, ``mine``) and scores it on a test set against the exact MI.
-  Extra balanced ``softmax`` runs at smaller training sizes give the error-vs-sample-size curve;
-  they take the same number of optimizer steps as the main runs.
+  The trivial estimators ``constant_logk`` (log K) and ``constant_entropy`` (H(Y) of the training
+  prior) get rows too, untrained: they are the null controls of the claims' mean tests. Extra
+  balanced ``softmax`` runs at smaller training sizes give the error-vs-sample-size curve; they
+  take the same number of optimizer steps as the main runs.
 * ``localisation``: a GAP CNN trained with labels only on Digits pasted on noisy canvases
   (``loc_dataset="digits"``, the ``smoke`` and ``cpu`` profiles) or on CUB-200-2011 with its boxes
   through ``datasets.load_dataset`` (``loc_dataset="cub200"``, the ``paper`` profile); CAM and
@@ -21,9 +26,9 @@ convolutions) sees 224×224 images. It needs the ~1.1 GB hub download (or a loca
 again for every seed); it is tested on CPU only on tiny local parquet files in the hub's schema.
 Tiny-ImageNet's localisation is not attempted: its hub copy has no boxes.
 
-Rows: ``part, method, seed, metric, value`` plus ``series`` (``main`` or ``sample_size``),
-``balance``, ``d`` and ``n_per_class`` (synthetic only) and ``dataset`` (localisation only:
-``digits-canvas`` or ``cub200``).
+Rows: ``part, method, seed, metric, value`` plus ``series`` (``main``, ``overlap`` or
+``sample_size``), ``classes``, ``balance``, ``d`` and ``n_per_class`` (synthetic only) and
+``dataset`` (localisation only: ``digits-canvas`` or ``cub200``).
 """
 
 from __future__ import annotations
@@ -55,7 +60,12 @@ from softmax_repro.data.hub_localisation import (
     local_split_files,
 )
 from softmax_repro.data.localization import LocalisationSet, load_digit_localisation
-from softmax_repro.data.synthetic import PAPER_MEANS, class_counts, sample_gaussian_classes
+from softmax_repro.data.synthetic import (
+    PAPER_MEANS,
+    centred_means,
+    class_counts,
+    sample_gaussian_classes,
+)
 from softmax_repro.engine import training
 from softmax_repro.engine.models import MLP, GapCNN
 from softmax_repro.engine.timing import PhaseTimer
@@ -66,7 +76,10 @@ from softmax_repro.pipeline import results
 CHAPTER = "04_softmax_mutual_information"
 BOUND_METHODS = ("infonce", "nwj", "mine")
 IMBALANCED_METHODS = ("softmax", "pc_softmax")
-NUM_CLASSES = len(PAPER_MEANS)
+CONSTANT_METHODS = ("constant_logk", "constant_entropy")
+"""Untrained estimators: log K and H(Y) of the training prior (the null controls of mean tests)."""
+PAPER_SPACING = 2.0
+"""Spacing of the paper's class offsets (0, ±2, ±4)."""
 DIGIT_CLASSES = 10
 LOC_DATASETS = {"digits": "digits-canvas", "cub200": "cub200"}
 """Localisation sources (``loc_dataset`` values) and the ``dataset`` label of their rows."""
@@ -79,7 +92,12 @@ class Config(BaseConfig):
     """Chapter 04 settings.
 
     Attributes:
-        dims: input dimensions d of the Gaussian classes (paper: 1, 2, 5, 10).
+        dims: input dimensions d of the paper's five Gaussian classes (paper: 1, 2, 5, 10).
+        imbalanced_dims: the dims (of ``dims``) also run imbalanced (softmax and PC-softmax).
+        overlap_dims: input dimensions of the ``overlap`` series (balanced and imbalanced).
+        overlap_classes / overlap_spacing: its number of classes and the spacing of their offsets.
+        bound_dims: the dims (of ``dims``) where the neural bounds are trained.
+        sample_size_dims: the dims (of ``dims``) of the error-vs-sample-size curve.
         n_per_class: balanced training points per class (paper: 10,000).
         test_per_class: balanced test points per class (paper: 1/5 of training, 2,000); imbalanced
             test sets scale like the training counts.
@@ -114,6 +132,12 @@ class Config(BaseConfig):
     """
 
     dims: tuple[int, ...] = (1, 2, 5, 10)
+    imbalanced_dims: tuple[int, ...] = (1, 2)
+    overlap_dims: tuple[int, ...] = (5, 10)
+    overlap_classes: int = 10
+    overlap_spacing: float = 0.5
+    bound_dims: tuple[int, ...] = (2,)
+    sample_size_dims: tuple[int, ...] = (2,)
     n_per_class: int = 10_000
     test_per_class: int = 2_000
     sample_sizes: tuple[int, ...] = (250, 1_000)
@@ -144,8 +168,14 @@ class Config(BaseConfig):
         super().__post_init__()
         if not self.dims:
             raise ConfigError("dims is empty; give at least one input dimension >= 1, e.g. [1, 2]")
-        for dim in self.dims:
+        for dim in (*self.dims, *self.overlap_dims):
             check_int("dims item", dim, 1)
+        for name in ("imbalanced_dims", "bound_dims", "sample_size_dims"):
+            if not set(getattr(self, name)) <= set(self.dims):
+                raise ConfigError(f"{name}={list(getattr(self, name))} must be a subset of "
+                                  f"dims={list(self.dims)}")
+        check_int("overlap_classes", self.overlap_classes, 2)
+        check_positive("overlap_spacing", self.overlap_spacing)
         for size in self.sample_sizes:
             check_int("sample_sizes item", size, 2)
         if self.bound_methods:
@@ -176,8 +206,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"seeds": (0, 1), "n_per_class": 400, "test_per_class": 200,
               "sample_sizes": (100,), "epochs": 3, "batch_size": 500, "loc_train": 200,
               "loc_test": 100, "cnn_epochs": 1, "cnn_width": 8},
-    "cpu": {"seeds": (0, 1, 2, 3, 4)},
+    "cpu": {"seeds": (0, 1, 2, 3, 4), "n_per_class": 5_000},
     "paper": {"seeds": (0, 1, 2, 3, 4), "epochs": 100, "lr": 1e-3, "sample_sizes": (250, 1_000),
+              "imbalanced_dims": (1, 2, 5, 10), "bound_dims": (1, 2, 5, 10),
+              "sample_size_dims": (1, 2, 5, 10),
               "loc_dataset": "cub200", "loc_image_size": 224, "region_size": 4,
               "loc_train": 20_000, "loc_test": 5_000, "cnn_epochs": 30},
 }
@@ -193,35 +225,70 @@ def make_config(
     return _make_config(Config, PROFILES, profile, seeds, device, overrides)
 
 
+def series_means(series: str, config: Config) -> tuple[float, ...]:
+    """Class offsets of a synthetic series (``main``/``sample_size``: the paper's five)."""
+    if series == "overlap":
+        return centred_means(config.overlap_classes, config.overlap_spacing)
+    return PAPER_MEANS
+
+
 def synthetic_grid(config: Config) -> list[dict[str, Any]]:
     """Run descriptions of the synthetic part (every run trains one MLP)."""
     runs = []
+    settings = [("main", d) for d in config.dims] + [("overlap", d) for d in config.overlap_dims]
     for seed in config.seeds:
-        for d in config.dims:
-            base = {"part": "synthetic", "d": d, "seed": seed}
-            main = {**base, "series": "main", "n_per_class": config.n_per_class}
-            for method in ("softmax", *config.bound_methods):
-                runs.append({**main, "balance": "balanced", "method": method})
-            for method in IMBALANCED_METHODS:
-                runs.append({**main, "balance": "imbalanced", "method": method})
-            for size in config.sample_sizes:
-                runs.append({**base, "series": "sample_size", "n_per_class": size,
-                             "balance": "balanced", "method": "softmax"})
+        for series, d in settings:
+            classes = len(series_means(series, config))
+            main = {"part": "synthetic", "series": series, "classes": classes, "d": d,
+                    "seed": seed, "n_per_class": config.n_per_class}
+            methods = ["softmax"]
+            if series == "main" and d in config.bound_dims:
+                methods += list(config.bound_methods)
+            runs += [{**main, "balance": "balanced", "method": m} for m in methods]
+            if series == "overlap" or d in config.imbalanced_dims:
+                runs += [{**main, "balance": "imbalanced", "method": m}
+                         for m in IMBALANCED_METHODS]
+            if series == "main" and d in config.sample_size_dims:
+                runs += [{**main, "series": "sample_size", "n_per_class": size,
+                          "balance": "balanced", "method": "softmax"}
+                         for size in config.sample_sizes]
     return runs
+
+
+def constant_rows(config: Config, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the untrained estimators (:data:`CONSTANT_METHODS`) in the setting of ``run``.
+
+    ``constant_logk`` always answers log K, ``constant_entropy`` the label entropy H(Y) of the
+    training counts (the largest value I(X;Y) can take). Same metrics as a trained estimator.
+    """
+    means = series_means(run["series"], config)
+    counts = class_counts(run["balance"], run["n_per_class"], len(means))
+    truth = mi.exact_mutual_information(means, counts, dim=run["d"])
+    values = {"constant_logk": math.log(len(means)), "constant_entropy": mi.entropy(counts)}
+    base = {k: v for k, v in run.items() if k != "method"}
+    return [{**base, "method": method, "metric": metric, "value": value}
+            for method, estimate in values.items()
+            for metric, value in (("mi_estimate", estimate), ("mi_true", truth),
+                                  ("mi_error", estimate - truth),
+                                  ("mi_abs_error", abs(estimate - truth)))]
 
 
 def synthetic_run(config: Config, run: dict[str, Any], device: torch.device) -> dict[str, float]:
     """Train one estimator on one Gaussian data set; return its metrics.
 
-    The data depend on (seed, d, balance, n_per_class) only, so every method sees the same points.
+    The data depend on (seed, series, d, balance, n_per_class) only, so every method sees the same
+    points.
     """
     d, seed, balance, method = run["d"], run["seed"], run["balance"], run["method"]
-    counts = class_counts(balance, run["n_per_class"])
-    x, y = sample_gaussian_classes(PAPER_MEANS, counts, d, seed=10_000 * seed + 100 * d + 1)
-    test_counts = class_counts(balance, config.test_per_class)
-    x_test, y_test = sample_gaussian_classes(PAPER_MEANS, test_counts, d,
-                                             seed=10_000 * seed + 100 * d + 2)
-    main_steps = config.epochs * math.ceil(NUM_CLASSES * config.n_per_class / config.batch_size)
+    means = series_means(run["series"], config)
+    num_classes = len(means)
+    counts = class_counts(balance, run["n_per_class"], num_classes)
+    offset = 0 if run["series"] != "overlap" else 50
+    x, y = sample_gaussian_classes(means, counts, d, seed=10_000 * seed + 100 * (d + offset) + 1)
+    test_counts = class_counts(balance, config.test_per_class, num_classes)
+    x_test, y_test = sample_gaussian_classes(means, test_counts, d,
+                                             seed=10_000 * seed + 100 * (d + offset) + 2)
+    main_steps = config.epochs * math.ceil(num_classes * config.n_per_class / config.batch_size)
     if run["n_per_class"] == config.n_per_class:
         spec = training.TrainSpec(epochs=config.epochs, batch_size=config.batch_size,
                                   lr=config.lr, optimizer="adam")
@@ -229,15 +296,15 @@ def synthetic_run(config: Config, run: dict[str, Any], device: torch.device) -> 
         spec = training.TrainSpec(steps=main_steps, batch_size=min(config.batch_size, len(y)),
                                   lr=config.lr, optimizer="adam")
     training.seed_everything(seed)
-    model = MLP(d, config.hidden, NUM_CLASSES, depth=config.depth)
+    model = MLP(d, config.hidden, num_classes, depth=config.depth)
     training.fit_classifier(model, mi.training_loss(method, counts), x, y, spec, seed=seed,
                             device=device,
                             # InfoNCE / NWJ / MINE contrast examples within the whole batch
                             data_parallel=method not in BOUND_METHODS)
     logits = training.predict(model, x_test, batch_size=4096, device=device)
-    truth = mi.exact_mutual_information(PAPER_MEANS, counts, dim=d)
+    truth = mi.exact_mutual_information(means, counts, dim=d)
     value = mi.estimate(method, logits, y_test, counts)
-    per_class = metrics.per_class_accuracy(logits, y_test, NUM_CLASSES)
+    per_class = metrics.per_class_accuracy(logits, y_test, num_classes)
     return {
         "mi_estimate": value,
         "mi_true": truth,
@@ -437,7 +504,10 @@ def _run(config: Config, results_dir: str) -> results.ChapterResult:
         if run["part"] == "synthetic":
             with timer("synthetic"):
                 scores = synthetic_run(config, run, device)
-            return [{**run, "metric": k, "value": v} for k, v in scores.items()]
+                out = [{**run, "metric": k, "value": v} for k, v in scores.items()]
+                if run["series"] != "sample_size" and run["method"] == "softmax":
+                    out += constant_rows(config, run)
+            return out
         with timer("localisation"):
             model, test = train_localiser(config, run["seed"], device)
             by_method = localisation_scores(model, test, config, run["seed"])

@@ -5,7 +5,10 @@ For a network ``logits = W · GAP(features) + b`` with features ``[B, C, H, W]``
 
 * CAM of class y: ``Σ_c W[y, c] · features[:, c]``.
 * infoCAM of class y: the same with ``W[y] − mean_{k≠y} W[k]`` (the point-wise MI direction), then a
-  local region summation (convolution with an all-ones ``r × r`` kernel, same output size).
+  local region summation: as in the official code, a *full* convolution with an all-ones ``r × r``
+  kernel (zero padding ``r − 1`` on every side, output ``[H + r − 1, W + r − 1]``), which the box
+  step then resizes to the image. The full output is symmetric about the map's centre for every
+  ``r``; a same-size convolution with an even ``r`` is shifted by half a cell.
 
 A box is taken from a map upsampled to the image size: shift the map to a zero minimum, keep the
 pixels at or above ``threshold`` (0.2) of its maximum, and box the largest connected component
@@ -37,23 +40,26 @@ def contrast_weights(weight: torch.Tensor) -> torch.Tensor:
 
 
 def region_sum(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Sum of each ``kernel_size × kernel_size`` neighbourhood (zero padding, same size).
+    """Sum of every ``kernel_size × kernel_size`` window: the full convolution of the official code.
 
-    ``[B, H, W]`` -> ``[B, H, W]``. For an even size the window covers ``(r−1)//2`` pixels before
-    and ``r//2`` after the centre.
+    ``[B, H, W]`` -> ``[B, H + r − 1, W + r − 1]`` with ``r = kernel_size``: zero padding ``r − 1``
+    on every side (``F.conv2d(cam, ones(1, C, r, r), padding=r − 1)`` in the official
+    ``util_cam.py``, 4×4 on CUB, 3×3 on Tiny-ImageNet). Output cell ``(i, j)`` sums input cells
+    ``i − r + 1 … i`` × ``j − r + 1 … j``. Resized to the image (:func:`upsample`), the result keeps
+    the map's centre, so flipping the input flips the output.
     """
     if kernel_size < 1:
         raise ValueError(f"kernel_size={kernel_size} must be >= 1")
-    before, after = (kernel_size - 1) // 2, kernel_size // 2
-    padded = F.pad(maps[:, None], (before, after, before, after))
+    pad = kernel_size - 1
     ones = torch.ones(1, 1, kernel_size, kernel_size, dtype=maps.dtype, device=maps.device)
-    return F.conv2d(padded, ones)[:, 0]
+    return F.conv2d(maps[:, None], ones, padding=pad)[:, 0]
 
 
 def info_maps(
     features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor, kernel_size: int
 ) -> torch.Tensor:
-    """infoCAM of ``classes[b]``: contrast weights, then region sums (as :func:`class_maps`)."""
+    """infoCAM of ``classes[b]``: contrast weights, then region sums, ``[B, H + r − 1, W + r − 1]``
+    (see :func:`region_sum`; resize with :func:`upsample` before taking boxes)."""
     return region_sum(class_maps(features, contrast_weights(weight), classes), kernel_size)
 
 
