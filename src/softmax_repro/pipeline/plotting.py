@@ -71,6 +71,9 @@ METHOD_COLORS: dict[str, str] = {
     "mos": VERMILION,
     "adaptive": ORANGE,
     "oracle": YELLOW,
+    "kerbs_paper_order": NAVY,
+    "kerbs_oracle": BROWN,
+    "kerbs_planted_senses": PURPLE,
     # ---- 04_softmax_mutual_information (MI estimators, CAM / infoCAM, masking) ------------------
     "pc_softmax": BLUE,
     "infonce": GREEN,
@@ -81,8 +84,22 @@ METHOD_COLORS: dict[str, str] = {
     "infocam": SKY,
     "info_mask": BROWN,
     "random_mask": YELLOW,
+    "constant_logk": PURPLE,
+    "constant_entropy": OLIVE,
     # ---- 05_margins (chapter owner: add HASeparator, L-Softmax, D-Softmax methods here) ---------
-    # ---- 06_gradient_decay (chapter owner: add β gradient decay, periodic attention here) -------
+    # ---- 06_gradient_decay (β: small cool, CE black, large warm; attention normalisers) ---------
+    "beta_0.01": NAVY,
+    "beta_0.1": BLUE,
+    "beta_1": BASELINE,
+    "beta_3": ORANGE,
+    "beta_10": VERMILION,
+    "beta_warmup": GREEN,
+    "ce_ts": GREY,
+    "norm_softmax": SKY,
+    "sin2max_shifted": GREEN,
+    "sin_softmax": ORANGE,
+    "norm_cosmax": PURPLE,
+    "cosmax": PINK,
     # ---- 07_extreme_classification (chapter owner: adversarial negatives, overlapping clusters;
     #      reuse "adaptive" for the adaptive softmax) -----------------------------------------
     # ---- 08_exact_answers (chapter owner: softmax tricks, ADMM-Softmax, MRC, universal features)
