@@ -216,7 +216,8 @@ def status_markdown(profile: str, results_dir: Path, chapters_dir: Path,
         result_path = results_dir / profile / f"{name}.json"
         link = f"{{doc}}`/chapters/{name}`"
         if not result_path.exists():
-            records.append({"chapter": link, "executed": f"no results at profile {profile}"})
+            records.append({"chapter": link, "executed (UTC)": f"no results at profile {profile}",
+                            "claims": _categories(verdicts, name)})
             continue
         prov = json.loads(result_path.read_text())["provenance"]
         phases = ", ".join(f"{k} {tables.format_seconds(v)}"
@@ -235,7 +236,10 @@ def status_markdown(profile: str, results_dir: Path, chapters_dir: Path,
             "CPU / GPU": prov.get("gpu") or prov.get("cpu") or "—",
         })
         environments.append((name, prov))
-    lines.append(tables.markdown_table(records) if records else "No chapter has been executed.\n")
+    columns = ["chapter", "executed (UTC)", "notebook", "computation", "by phase", "claims",
+               "commit", "device", "CPU / GPU"]
+    lines.append(tables.markdown_table(records, columns) if records
+                 else "No chapter has been executed.\n")
     if environments:
         name, prov = environments[-1]
         env = [{"item": "Python", "value": prov.get("python")},
