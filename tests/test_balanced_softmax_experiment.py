@@ -79,9 +79,11 @@ def test_grid_adds_softmax_for_the_methods_built_on_it() -> None:
     runs = bs.grid(config)
     assert {r["method"] for r in runs} == {"softmax"}
     assert len(runs) == len(config.imbalances) * len(config.seeds)
+    # MNIST-1D: 3 methods at 3 factors + 4 table-only methods at IF 100; Digits 7 × 2; Gauss 2 × 3;
+    # the probe: 3 variants × 2 methods × its seeds
     full = bs.grid(bs.make_config("cpu"))
-    assert len(full) == (3 * 7 + 2 * 7 + 3 * 2) * 5
-    assert len(bs.grid(bs.make_config("smoke"))) == (3 * 7 + 2 * 7 + 3 * 2) * 2
+    assert len(full) == (3 * 3 + 4 + 2 * 7 + 3 * 2) * 5 + 3 * 2 * 3
+    assert len(bs.grid(bs.make_config("smoke"))) == (3 * 3 + 4 + 2 * 7 + 3 * 2) * 2 + 3 * 2
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -90,6 +92,8 @@ def test_grid_adds_softmax_for_the_methods_built_on_it() -> None:
     ({"methods": ["bals"]}, "methods item='bals'"),
     ({"meta_init_power": 3.0}, "meta_init_power=3.0"),
     ({"gauss_imbalances": [100], "gauss_n_max": 50}, "leaves class 4 empty"),
+    ({"datasets": ["digits"]}, "probe_variants need 'mnist1d'"),
+    ({"probe_variants": ["deeper"]}, "probe_variants item='deeper'"),
 ])
 def test_bad_settings_fail_before_work(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError) as error:
@@ -102,7 +106,8 @@ def test_fit_balms_learns_separable_features_and_moves_the_rates() -> None:
     counts = [200, 40, 8]
     labels = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
     features = 3.0 * torch.eye(3)[labels] + 0.3 * torch.randn(labels.numel(), 3, generator=gen)
-    config = bs.make_config("smoke", overrides={"decoupled_steps": 60, "meta_lr": 0.05})
+    config = bs.make_config("smoke", overrides={"decoupled_steps": 60, "meta_lr": 0.05,
+                                                "decoupled_batch_size": 64})
     torch.manual_seed(0)
     classifier = torch.nn.Linear(3, 3)
     rates = bs.fit_balms(classifier, features, labels, counts, config, seed=0)
@@ -125,12 +130,27 @@ def test_smoke_run_rows(smoke_result: ChapterResult) -> None:
     config = bs.make_config("smoke")
     top1 = rows[rows["metric"] == "top1"]
     assert set(top1["method"]) == set(bs.METHODS)
-    assert set(top1["dataset"]) == {"mnist1d-lt", "digits-lt"}
-    per_setting = top1.groupby(["dataset", "imbalance", "method"]).size()
+    probes = {f"mnist1d-lt+{v}" for v in bs.PROBE_VARIANTS}
+    assert set(top1["dataset"]) == {"mnist1d-lt", "digits-lt"} | probes
+    main = top1[~top1["dataset"].isin(probes)]
+    per_setting = main.groupby(["dataset", "imbalance", "method"]).size()
     assert (per_setting == len(config.seeds)).all()
+    probe = top1[top1["dataset"].isin(probes)]
+    assert set(probe["method"]) == set(bs.PROBE_METHODS)
+    assert (probe.groupby(["dataset", "method"]).size() == len(config.probe_seeds)).all()
     assert top1["value"].between(0, 1).all()
     classes = rows[rows["metric"] == "class_accuracy"]
     assert len(classes) == 10 * len(top1)
+    # the table-only methods run at IF 100 only, the decoupled ones at IF 100 and 200, not on Digits
+    mnist = main[main["dataset"] == "mnist1d-lt"]
+    assert set(mnist.loc[mnist["method"] == "focal", "imbalance"]) == {100}
+    assert set(mnist.loc[mnist["method"] == "balms", "imbalance"]) == {100, 200}
+    assert "balms" not in set(main.loc[main["dataset"] == "digits-lt", "method"])
+    moved = rows[rows["metric"] == "top1_moved_last_fifth"]
+    assert len(moved) == len(top1[top1["method"].isin(bs.END_TO_END)])
+    assert moved["value"].between(0, 1).all()
+    tail = rows[(rows["metric"] == "tail_count") & (rows["dataset"] == "digits-lt")]
+    assert set(tail["value"]) == {10.0, 1.0}  # n_max 100 at IF 10 and IF 100
     gauss = rows[rows["dataset"] == "gaussian-lt"]
     assert {"tv_balanced", "tv_shifted", "tail_posterior"} <= set(gauss["metric"])
     assert gauss.loc[gauss["metric"] != "tail_posterior", "value"].between(0, 1).all()
@@ -143,8 +163,8 @@ def test_posthoc_rows_are_the_softmax_model_with_log_prior_removed(
     rows = smoke_result.rows
     top1 = rows[rows["metric"] == "top1"].set_index(["dataset", "imbalance", "seed", "method"])
     # same trained model, same stage-1 wall time: the adjustment costs no training
-    wall = top1["wall_s"].unstack("method")
-    assert (wall["posthoc_adjustment"] == wall["softmax"]).all()
+    wall = top1["wall_s"].unstack("method").dropna(subset=["posthoc_adjustment"])
+    assert len(wall) and (wall["posthoc_adjustment"] == wall["softmax"]).all()
     counts = [100, 10, 1]
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     adjusted = losses.posthoc_logit_adjustment(logits, counts)
@@ -159,7 +179,7 @@ def test_every_chapter_claim_finds_its_rows(smoke_result: ChapterResult) -> None
         for test in claim.tests:
             assert claims.evaluate_test(test, rows) is not None, (claim.id, test.label)
     verdicts = claims.chapter_verdicts(bs.CHAPTER, rows)
-    assert "no results" not in set(verdicts["verdict"])
+    assert "no results" not in {v.verdict for v in verdicts}
 
 
 def _write_tiny_cifar10(folder: Path, per_class: int, seed: int, split: str) -> None:
@@ -187,7 +207,7 @@ def test_paper_profile_code_path_on_tiny_hub_parquet(tmp_path: Path,
         "datasets": ["cifar10"], "imbalances": [2], "hub_data_dir": str(tmp_path / "hub"),
         "methods": ["softmax", "balanced_softmax", "balms"], "steps": 2, "batch_size": 8,
         "warmup_steps": 1, "decoupled_steps": 2, "decoupled_batch_size": 8,
-        "meta_set_size": 10, "gauss_imbalances": []})
+        "meta_batch_size": 10, "gauss_imbalances": []})
     assert config.model == "resnet32" and config.nesterov and config.n_max is None
     result = bs.run(config, results_dir=str(tmp_path / "results"))
     top1 = result.rows[result.rows["metric"] == "top1"]
@@ -217,11 +237,23 @@ def test_paper_comparison_puts_published_numbers_beside_ours() -> None:
 def test_optional_fashion_mnist_lt_runs(tmp_path: Path) -> None:
     config = bs.make_config("smoke", device="cpu", seeds=[0], overrides={
         "datasets": ["fashion_mnist"], "imbalances": [10], "methods": ["softmax"],
-        "steps": 3, "gauss_imbalances": []})
+        "steps": 3, "gauss_imbalances": [], "probe_variants": []})
     rows = bs.run(config, results_dir=str(tmp_path)).rows
     counts = rows[rows["metric"] == "class_accuracy"]["class_count"].tolist()
     assert counts == [int(200 * 10 ** (-y / 9)) for y in range(10)]
     assert set(rows["dataset"]) == {"fashion_mnist-lt"}
+
+
+def test_random_shift_moves_each_sequence_within_its_zero_padding() -> None:
+    x = torch.arange(1, 9, dtype=torch.float32).repeat(50, 1)
+    shifted = bs.random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == x.shape
+    for row in shifted:
+        kept = row[row > 0]
+        assert torch.equal(kept, torch.arange(kept[0].item(), kept[-1].item() + 1))
+        assert 6 <= kept.numel() <= 8
+    assert len({tuple(r.tolist()) for r in shifted}) == 5  # shifts −2..2 all occur
+    assert torch.equal(bs.random_shift(x, 0, torch.Generator()), x)
 
 
 def test_ci_table_formats_mean_and_half_width() -> None:

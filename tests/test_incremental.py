@@ -175,12 +175,13 @@ def test_bsce_drops_classes_absent_from_the_step() -> None:
 
 
 @pytest.mark.parametrize("name", ["ce_m20", "bsce_kd_m20", "ce_kd_ft_m5", "bsce_random_m20",
-                                  "bsce_kd_m0"])
+                                  "bsce_kd_m0", "ce_kd_ftb_m20"])
 def test_learner_names_round_trip(name: str) -> None:
     assert inc.Learner.parse(name).name == name
 
 
-@pytest.mark.parametrize("name", ["softmax_m20", "bsce_m", "bsce_ft_m0", "bsce_kd", "kd_bsce_m5"])
+@pytest.mark.parametrize("name", ["softmax_m20", "bsce_m", "bsce_ft_m0", "bsce_kd", "kd_bsce_m5",
+                                  "ce_ftb_m0", "ce_ftbb_m5"])
 def test_bad_learner_names_raise(name: str) -> None:
     with pytest.raises(ConfigError):
         inc.Learner.parse(name)
@@ -244,6 +245,18 @@ def test_run_records_every_task_and_respects_the_memory_budget() -> None:
     assert log.step_accuracy[2] == pytest.approx(np.mean(log.task_accuracy[2]))
 
 
+def test_finetuning_within_budget_takes_as_many_steps_as_no_finetuning() -> None:
+    data, stream = _blobs(), inc.make_task_stream(6, 2, 2, order_seed=1)
+    within = _run("ce_kd_ftb_m5", data, stream)
+    plain = _run("ce_kd_m5", data, stream)
+    full = _run("ce_kd_ft_m5", data, stream)
+    assert within.optimizer_steps.tolist() == plain.optimizer_steps.tolist()
+    assert (full.optimizer_steps[1:] > within.optimizer_steps[1:]).all()
+    assert incremental_loop.within_budget_epochs(_schedule()) == 6  # 8 − 2
+    with pytest.raises(ConfigError, match="step epochs"):
+        incremental_loop.within_budget_epochs(_schedule(epochs=2))
+
+
 def test_bsce_counts_in_the_loop_are_new_data_plus_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[int]] = []
     original = inc.step_loss
@@ -264,8 +277,9 @@ def test_memory_keeps_the_right_classes() -> None:
     training.seed_everything(0)
     model = MLP(8, 16, 6, depth=1)
     y = stream.relabel(data.y_train)
-    incremental_loop._update_memory(memory, model, data.x_train, y, range(0, 2), inc.Learner.parse("ce_m4"),
-                       torch.Generator().manual_seed(0), torch.device("cpu"))
+    incremental_loop._update_memory(memory, model, data.x_train, y, range(0, 2),
+                                    inc.Learner.parse("ce_m4"), torch.Generator().manual_seed(0),
+                                    torch.device("cpu"))
     assert memory.class_counts(6).tolist() == [4, 4, 0, 0, 0, 0]
     stored = y[memory.indices()].tolist()
     assert stored == [0] * 4 + [1] * 4

@@ -9,11 +9,13 @@ import torch.nn.functional as F
 from softmax_repro.methods.losses import BalancedSoftmaxLoss, softmax_cross_entropy
 from softmax_repro.methods.meta_sampler import (
     MetaSampler,
+    balanced_batch,
     class_balanced_indices,
     draw_examples,
     index_by_class,
     meta_step,
     per_example_loss,
+    sgd_step,
 )
 
 
@@ -108,6 +110,34 @@ def test_meta_step_equals_the_hand_derived_hypergradient() -> None:
               meta_x, meta_y, inner_lr=lr)
     assert torch.allclose(before - sampler.logits.detach(), expected, atol=1e-6)
     assert all(torch.equal(p, q) for p, q in zip(classifier.parameters(), w0, strict=True))
+
+
+def test_sgd_step_matches_torch_sgd_with_momentum_and_weight_decay() -> None:
+    """Two steps: the first without a momentum buffer, the second continuing from SGD's."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, generator=gen), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=0.01)
+    named = dict(model.named_parameters())
+    for _ in range(2):
+        buffers = {n: optimizer.state.get(p, {}).get("momentum_buffer") for n, p in named.items()}
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in named.items()}
+        loss = F.cross_entropy(x @ params["weight"].T + params["bias"], y)
+        grads = torch.autograd.grad(loss, list(params.values()))
+        expected = sgd_step(params, list(grads), 0.3, 0.9, 0.01, buffers)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        for name, p in named.items():
+            assert torch.allclose(expected[name], p.detach(), atol=1e-6), name
+
+
+def test_balanced_batch_draws_every_class_equally() -> None:
+    groups = [torch.arange(0, 50), torch.arange(50, 53)]
+    batch = balanced_batch(groups, 10, torch.Generator().manual_seed(0))
+    assert (batch < 50).sum() == 5 and (batch >= 50).sum() == 5
+    assert set((batch[batch >= 50]).tolist()) == {50, 51, 52}  # the tail cycles its 3 examples
 
 
 def _toy_long_tail(counts: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from softmax_repro.config import check_positive
+from softmax_repro.config import ConfigError, check_positive
 from softmax_repro.data.mnist1d import Split
 from softmax_repro.engine import training
 from softmax_repro.methods import losses
@@ -42,6 +42,8 @@ class Schedule:
         base: training of the base task.
         step: training of each incremental step (the model continues from the previous step).
         finetune: the class-balanced fine-tuning stage (used by learners that ask for it).
+        budget_finetune: the fine-tuning stage of learners that fine-tune within the step's
+            budget (:func:`within_budget_epochs`); ``None``: ``finetune``.
         kd_weight: weight λ of the distillation term (loss = classification + λ · KD).
         kd_temperature: distillation temperature T.
     """
@@ -49,6 +51,7 @@ class Schedule:
     base: training.TrainSpec
     step: training.TrainSpec
     finetune: training.TrainSpec
+    budget_finetune: training.TrainSpec | None = None
     kd_weight: float = 1.0
     kd_temperature: float = 2.0
 
@@ -162,6 +165,25 @@ def _update_memory(memory: ExemplarMemory, model: nn.Module, x: Tensor, y: Tenso
         memory.store(cls, members[chosen])
 
 
+def within_budget_epochs(schedule: Schedule) -> int:
+    """Epochs of an incremental step whose fine-tuning stage (``budget_finetune``) comes out of the
+    step's budget: ``step.epochs − budget_finetune.epochs`` (both stages use the step's batch size,
+    so the learner takes as many optimizer steps as one without fine-tuning).
+
+    Raises:
+        ConfigError: the step is not counted in epochs, the stages' batch sizes differ, or
+            fine-tuning would leave the step less than one epoch.
+    """
+    step, finetune = schedule.step, schedule.budget_finetune or schedule.finetune
+    if step.epochs is None or finetune.epochs is None or step.batch_size != finetune.batch_size:
+        raise ConfigError("fine-tuning within the step's budget needs both stages in epochs and "
+                          "at the same batch size")
+    if step.epochs - finetune.epochs < 1:
+        raise ConfigError(f"fine-tuning within budget needs step epochs ({step.epochs}) > "
+                          f"fine-tuning epochs ({finetune.epochs})")
+    return step.epochs - finetune.epochs
+
+
 def run_incremental(model: nn.Module, data: Split, stream: TaskStream, learner: Learner,
                     schedule: Schedule, *, seed: int, device: torch.device) -> IncrementalLog:
     """Train ``model`` through every task of ``stream`` and evaluate after each.
@@ -196,13 +218,17 @@ def run_incremental(model: nn.Module, data: Split, stream: TaskStream, learner: 
             classify.to(device)
         teacher = old_model if learner.distillation else None
         compute = _objective(classify, hi, teacher, lo, schedule)
-        logs = [_fit_step(model, compute, x, y, schedule.base if task == 0 else schedule.step,
-                          batch_gen, device)]
+        spec = schedule.base if task == 0 else schedule.step
+        if learner.finetune_within_budget and task > 0:
+            spec = dataclasses.replace(spec, epochs=within_budget_epochs(schedule))
+        logs = [_fit_step(model, compute, x, y, spec, batch_gen, device)]
         if learner.balanced_finetune and task > 0:
+            finetune = (schedule.budget_finetune or schedule.finetune) \
+                if learner.finetune_within_budget else schedule.finetune
             logs.append(training.fit_classifier(
                 model, lambda logits, target, hi=hi: losses.softmax_cross_entropy(
                     logits[:, :hi], target),
-                x, y, schedule.finetune, seed=int(torch.randint(2**31, (1,), generator=batch_gen)),
+                x, y, finetune, seed=int(torch.randint(2**31, (1,), generator=batch_gen)),
                 device=device, sample_weights=losses.class_balanced_sample_weights(y, hi),
                 params=model.classifier.parameters()))
         train_s.append(sum(log.wall_s for log in logs))

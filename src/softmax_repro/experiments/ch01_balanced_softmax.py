@@ -11,14 +11,25 @@ balanced test set. Methods (names as in the rows):
 - ``posthoc_adjustment``: the ``softmax`` model with ``log prior`` subtracted at test time (LADE's
   "PC softmax"; no extra training);
 - decoupled (classifier re-initialised and re-trained on the frozen features of the ``softmax``
-  model, as in the official code): ``bs_decoupled`` (BS, instance sampling),
-  ``bs_cb_sampling_decoupled`` (BS + class-balanced sampler) and ``balms`` (BS + meta sampler).
+  model with the official CIFAR-LT schedule: 2,000 iterations at batch 512, SGD lr 0.1, momentum
+  0.9, weight decay 5e-4, cosine to 0): ``bs_decoupled`` (BS, instance sampling),
+  ``bs_cb_sampling_decoupled`` (BS + class-balanced sampler) and ``balms`` (BS + meta sampler,
+  :func:`fit_balms`).
+
+The table-only methods (:data:`TABLE_ONLY`: no claim test rests on them) run at
+``table_only_imbalances`` only, the decoupled ones at ``decoupled_imbalances`` and not on Digits.
+The testbed probe (:data:`PROBE_VARIANTS`) re-runs Balanced Softmax and class-balanced
+re-weighting on MNIST-1D-LT at one imbalance factor with a longer schedule, random-shift
+augmentation or a wider CNN (dataset ``mnist1d-lt+<variant>``), to measure which difference from
+the paper's CIFAR setup decides their order.
 
 Theorem 1 runs on Gaussian classes with exact posteriors (:mod:`bayes_posterior`).
 
 Rows: ``dataset, imbalance, method, seed, metric, value`` with metrics ``top1``; ``many``,
 ``medium``, ``few`` (mean per-class accuracy over the first, middle and last third of the classes
-by training count); ``class_accuracy`` (with ``class_index`` and ``class_count``); the derived
+by training count); ``class_accuracy`` (with ``class_index`` and ``class_count``);
+``top1_moved_last_fifth`` (end-to-end models: |final top-1 − top-1 after four fifths of the
+steps|, a convergence check); ``tail_count`` (training examples of the smallest class); the derived
 per-seed contrasts ``gain_growth`` and ``few_minus_many_gain`` (see :func:`derived_rows`); and for
 ``gaussian-lt`` ``tv_balanced``, ``tv_shifted`` and the binned ``tail_posterior`` (with
 ``exact_bin``).
@@ -58,7 +69,7 @@ from softmax_repro.data.mnist1d import Split, load_mnist1d
 from softmax_repro.engine import training
 from softmax_repro.engine.models import CNN1D, MLP, ResNetCifar
 from softmax_repro.engine.timing import PhaseTimer
-from softmax_repro.methods import bayes_posterior, losses, meta_sampler
+from softmax_repro.methods import bayes_posterior, incremental, losses, meta_sampler
 from softmax_repro.pipeline import results
 
 CHAPTER = "01_balanced_softmax"
@@ -67,6 +78,10 @@ END_TO_END = ("softmax", "balanced_softmax", "balanced_softmax_quarter", "cb_rew
               "cb_sampling", "focal", "bs_cb_sampling")
 FROM_SOFTMAX = ("posthoc_adjustment", "bs_decoupled", "bs_cb_sampling_decoupled", "balms")
 METHODS = END_TO_END + FROM_SOFTMAX
+TABLE_ONLY = ("cb_reweighting", "cb_sampling", "focal", "bs_cb_sampling")
+"""End-to-end methods shown in the paper's table beside ours but tested by no claim."""
+PROBE_VARIANTS = ("long", "augment", "wide")
+PROBE_METHODS = ("balanced_softmax", "cb_reweighting")
 MODELS = ("cnn1d", "mlp", "resnet32")
 SHOT_GROUPS = ("many", "medium", "few")
 POSTERIOR_BINS = 10
@@ -111,11 +126,20 @@ class Config(BaseConfig):
         digits_hidden, digits_steps, digits_batch_size, digits_lr: the Digits MLP and its training.
         focal_gamma: focal-loss exponent γ.
         decoupled_steps, decoupled_batch_size, decoupled_lr: classifier re-training on frozen
-            features (SGD momentum 0.9, cosine); ``decoupled_lr`` is also the meta sampler's inner
-            step size.
-        meta_lr, meta_set_size, meta_init_power: the meta sampler's Adam learning rate, its
-            class-balanced meta set (drawn from the training set) and its initial rates
-            ``∝ n^(1 − meta_init_power)``.
+            features (SGD momentum 0.9, weight decay ``weight_decay``, cosine); the meta
+            sampler's inner step is this optimizer's step.
+        meta_lr, meta_batch_size, meta_init_power: the meta sampler's Adam learning rate, the
+            size of the class-balanced meta batch drawn fresh from the training set every step,
+            and its initial rates ``∝ n^(1 − meta_init_power)``.
+        table_only_imbalances: factors at which the :data:`TABLE_ONLY` methods run on every
+            dataset except Digits (``None``: all of ``imbalances``).
+        decoupled_imbalances: factors at which the decoupled methods run, on every dataset except
+            Digits (``None``: all of ``imbalances``; Digits never runs them).
+        probe_variants, probe_imbalance, probe_seeds: the testbed probe (module docstring); empty
+            variants skip it.
+        probe_long_factor, probe_wide_channels, probe_shift: its longer schedule (× steps), wider
+            CNN (channels) and augmentation (random shift by up to this many positions, zero
+            padded, the 1-D analogue of CIFAR's 4-pixel padded crop).
         gauss_imbalances: imbalance factors of the Theorem 1 problem (empty: skip it).
         gauss_classes, gauss_dim, gauss_separation, gauss_n_max, gauss_test_size, gauss_steps:
             the Gaussian-class problem and its linear softmax (Adam, full convergence wanted).
@@ -145,12 +169,20 @@ class Config(BaseConfig):
     digits_batch_size: int = 64
     digits_lr: float = 0.05
     focal_gamma: float = 2.0
-    decoupled_steps: int = 300
-    decoupled_batch_size: int = 128
+    decoupled_steps: int = 2000
+    decoupled_batch_size: int = 512
     decoupled_lr: float = 0.1
     meta_lr: float = 0.01
-    meta_set_size: int = 512
+    meta_batch_size: int = 512
     meta_init_power: float = 0.0
+    table_only_imbalances: tuple[float, ...] | None = (100,)
+    decoupled_imbalances: tuple[float, ...] | None = (100, 200)
+    probe_variants: tuple[str, ...] = PROBE_VARIANTS
+    probe_imbalance: float = 100
+    probe_seeds: tuple[int, ...] = (0, 1, 2)
+    probe_long_factor: int = 3
+    probe_wide_channels: int = 64
+    probe_shift: int = 4
     gauss_imbalances: tuple[float, ...] = (10, 100, 200)
     gauss_classes: int = 5
     gauss_dim: int = 2
@@ -180,7 +212,7 @@ class Config(BaseConfig):
         check_choice("model", self.model, MODELS)
         check_int("threads", self.threads, 0)
         for name in ("steps", "batch_size", "digits_hidden", "digits_steps", "digits_batch_size",
-                     "decoupled_steps", "decoupled_batch_size", "meta_set_size", "gauss_classes",
+                     "decoupled_steps", "decoupled_batch_size", "meta_batch_size", "gauss_classes",
                      "gauss_dim", "gauss_n_max", "gauss_test_size", "gauss_steps"):
             check_int(name, getattr(self, name), 1)
         check_int("warmup_steps", self.warmup_steps, 0)
@@ -191,18 +223,31 @@ class Config(BaseConfig):
         check_in_range("meta_init_power", self.meta_init_power, 0.0, 2.0)
         for factor in self.gauss_imbalances:
             longtail.longtail_counts(self.gauss_n_max, self.gauss_classes, factor)
+        for variant in self.probe_variants:  # empty: no probe
+            check_choice("probe_variants item", variant, PROBE_VARIANTS)
+        if self.probe_variants:
+            if "mnist1d" not in self.datasets:
+                raise ConfigError("probe_variants need 'mnist1d' in datasets (or give [])")
+            longtail.longtail_counts(self.n_max or 10**9, 10, self.probe_imbalance)
+            if not self.probe_seeds:
+                raise ConfigError("probe_seeds is empty; give at least one seed or no variants")
+        for name in ("probe_long_factor", "probe_wide_channels"):
+            check_int(name, getattr(self, name), 1)
+        check_int("probe_shift", self.probe_shift, 0)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"seeds": (0, 1), "num_samples": 5000, "n_max": 200, "steps": 30,
               "digits_n_max": 100, "digits_steps": 30, "decoupled_steps": 20,
-              "meta_set_size": 64, "gauss_n_max": 500,
-              "gauss_steps": 50, "gauss_test_size": 200},
+              "decoupled_batch_size": 128, "meta_batch_size": 64, "gauss_n_max": 500,
+              "gauss_steps": 50, "gauss_test_size": 200, "probe_seeds": (0,),
+              "probe_wide_channels": 48},
     "cpu": {"seeds": (0, 1, 2, 3, 4)},
     "paper": {"seeds": (0, 1, 2), "datasets": ("cifar10", "cifar100"), "n_max": None, "threads": 0,
               "model": "resnet32", "steps": 13_000, "batch_size": 512, "lr": 0.1,
-              "warmup_steps": 800, "nesterov": True, "decoupled_steps": 2000,
-              "decoupled_batch_size": 512, "decoupled_lr": 0.1},
+              "warmup_steps": 800, "nesterov": True, "table_only_imbalances": None,
+              "decoupled_imbalances": None,
+              "probe_variants": ()},
 }
 
 
@@ -256,8 +301,8 @@ def train_counts(name: str, config: Config, data: Split, imbalance: float) -> li
     return longtail.longtail_counts(n_max, classes, imbalance)
 
 
-def build_model(name: str, config: Config, in_dim: int) -> nn.Module:
-    """The end-to-end model for dataset ``name``."""
+def build_model(name: str, config: Config, in_dim: int, variant: str = "") -> nn.Module:
+    """The end-to-end model for dataset ``name`` (``variant`` ``wide``: the probe's wider CNN)."""
     classes = num_classes_of(name)
     if name == "digits":
         return MLP(in_dim, config.digits_hidden, classes, depth=2)
@@ -265,16 +310,18 @@ def build_model(name: str, config: Config, in_dim: int) -> nn.Module:
         return ResNetCifar(32, classes)
     if config.model == "mlp" or name == "fashion_mnist":
         return MLP(in_dim, 256, classes, depth=2)
-    return CNN1D(classes)
+    return CNN1D(classes, channels=config.probe_wide_channels if variant == "wide" else 32)
 
 
-def train_spec(name: str, config: Config) -> training.TrainSpec:
-    """The end-to-end schedule for dataset ``name``."""
+def train_spec(name: str, config: Config, variant: str = "") -> training.TrainSpec:
+    """The end-to-end schedule for dataset ``name`` (``variant`` ``long``: the probe's longer
+    schedule, same warm-up)."""
     if name == "digits":
         return training.TrainSpec(steps=config.digits_steps, batch_size=config.digits_batch_size,
                                   lr=config.digits_lr, weight_decay=config.weight_decay,
                                   schedule="cosine")
-    return training.TrainSpec(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+    steps = config.steps * (config.probe_long_factor if variant == "long" else 1)
+    return training.TrainSpec(steps=steps, batch_size=config.batch_size, lr=config.lr,
                               nesterov=config.nesterov, weight_decay=config.weight_decay,
                               warmup_steps=config.warmup_steps, warmup_start_lr=config.lr / 2,
                               schedule="cosine")
@@ -315,37 +362,89 @@ def fit_balms(classifier: nn.Module, features: Tensor, labels: Tensor, counts: l
               config: Config, seed: int) -> dict[str, float]:
     """Re-train ``classifier`` on frozen ``features`` ``[N, D]`` with BS and the meta sampler.
 
-    Every step draws a batch from the learned class rates, takes one meta step on the rates
-    (:func:`meta_sampler.meta_step`) and then one ordinary step of the classifier on
-    the same batch (through :func:`training.fit`). Returns the final rates of the
-    first and last class (for the record).
+    The official decoupled schedule (:func:`decoupled_spec`). Every step draws a batch from the
+    learned class rates and a fresh class-balanced meta batch of ``meta_batch_size`` from the
+    training set, takes one meta step on the rates whose inner step is the classifier optimizer's
+    own step (its learning rate, momentum, weight decay and momentum buffers:
+    :func:`meta_sampler.meta_step`), then the classifier's ordinary optimizer step on the same
+    batch. This loop replaces :func:`training.fit` because the meta step needs the optimizer's
+    state. Returns the final rates of the first and last class (for the record).
     """
     classes = len(counts)
     generator = torch.Generator().manual_seed(seed)
     sampler = meta_sampler.MetaSampler(counts, init_power=config.meta_init_power)
     meta_optimizer = torch.optim.Adam(sampler.parameters(), lr=config.meta_lr)
     groups = meta_sampler.index_by_class(labels, classes)
-    meta_idx = meta_sampler.class_balanced_indices(labels, classes, config.meta_set_size, generator)
-    meta_x, meta_y = features[meta_idx], labels[meta_idx]
     loss_fn = build_loss("balms", counts, config)
     spec = decoupled_spec(config)
-    steps_per_epoch = math.ceil(labels.numel() / spec.batch_size)
-
-    def make_batches(epoch: int) -> Iterator[tuple[Tensor, ...]]:
-        for _ in range(steps_per_epoch):
-            draw = sampler.draw(spec.batch_size, generator)
-            idx = meta_sampler.draw_examples(draw.classes, groups, generator)
-            yield features[idx], labels[idx], draw.weights
-
-    def compute_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-        x, y, weights = batch
-        meta_sampler.meta_step(sampler, meta_optimizer, model, loss_fn, x, y, weights,
-                               meta_x, meta_y, inner_lr=config.decoupled_lr)
-        return loss_fn(model(x), y)
-
-    training.fit(classifier, compute_loss, make_batches, spec, steps_per_epoch=steps_per_epoch)
+    optimizer = training.make_optimizer(classifier.parameters(), spec)
+    named = dict(classifier.named_parameters())
+    classifier.train()
+    for step in range(spec.steps):
+        lr = training.learning_rate(spec, step, spec.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        draw = sampler.draw(spec.batch_size, generator)
+        idx = meta_sampler.draw_examples(draw.classes, groups, generator)
+        meta_idx = meta_sampler.balanced_batch(groups, config.meta_batch_size, generator)
+        buffers = {name: optimizer.state.get(p, {}).get("momentum_buffer")
+                   for name, p in named.items()}
+        meta_sampler.meta_step(sampler, meta_optimizer, classifier, loss_fn, features[idx],
+                               labels[idx], draw.weights, features[meta_idx], labels[meta_idx],
+                               inner_lr=lr, momentum=spec.momentum,
+                               weight_decay=spec.weight_decay, momentum_buffers=buffers)
+        loss = loss_fn(classifier(features[idx]), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     rates = sampler.rates().detach()
     return {"head_rate": float(rates[0]), "tail_rate": float(rates[-1])}
+
+
+def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Each sequence of ``x`` ``[B, L]`` shifted by a random ``−max_shift..max_shift`` positions,
+    zero-padded (the 1-D analogue of CIFAR's padded random crop) ``[B, L]``."""
+    if max_shift == 0:
+        return x
+    length = x.shape[1]
+    padded = torch.nn.functional.pad(x, (max_shift, max_shift))
+    offsets = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 1), generator=generator)
+    return padded.gather(1, offsets.to(x.device) + torch.arange(length, device=x.device))
+
+
+def fit_end_to_end(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
+                   y: Tensor, spec: training.TrainSpec, *, seed: int, device: torch.device,
+                   sample_weights: Tensor | None, data_parallel: bool, max_shift: int,
+                   checkpoint: Callable[[], float]) -> float:
+    """Train ``model`` with :func:`training.fit` on shuffled (or ``sample_weights``-drawn) batches,
+    optionally shifted (:func:`random_shift`), and return ``checkpoint()`` evaluated after four
+    fifths of the steps (for the convergence check)."""
+    model.to(device)
+    if x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+    x, y = training.image_layout(x.to(device)), y.to(device)
+    batch_gen = torch.Generator().manual_seed(seed)
+    shift_gen = torch.Generator().manual_seed(seed + 7919)
+    weights = None if sample_weights is None else sample_weights.double()
+    total, at = spec.steps, (4 * spec.steps) // 5
+    state: dict[str, Any] = {"step": 0, "value": float("nan")}
+
+    def make_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for idx in training.tensor_batches(x.shape[0], spec.batch_size, batch_gen, weights):
+            if state["step"] == at:  # the model has taken `at` steps
+                state["value"] = checkpoint()
+            state["step"] += 1
+            yield random_shift(x[idx], max_shift, shift_gen), y[idx]
+
+    def compute_loss(net: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        return loss_fn(net(batch[0]), batch[1])
+
+    training.fit(model, compute_loss, make_batches, spec,
+                 steps_per_epoch=math.ceil(x.shape[0] / spec.batch_size),
+                 data_parallel=data_parallel)
+    if total and state["step"] <= at:
+        state["value"] = checkpoint()
+    return state["value"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,15 +471,6 @@ def evaluate(logits: Tensor, target: Tensor, counts: list[int]) -> list[dict[str
     return rows
 
 
-@torch.inference_mode()
-def extract_features(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """Frozen features ``[N, D]`` of ``model`` (eval mode) on CPU."""
-    device = next(model.parameters()).device
-    model.eval()
-    return torch.cat([model.features(x[i : i + batch_size].to(device)).cpu()
-                      for i in range(0, x.shape[0], batch_size)])
-
-
 # ---------------------------------------------------------------------------------------------
 # one run
 
@@ -389,27 +479,42 @@ def run_image(config: Config, data: Split, run: dict[str, Any], device: torch.de
               ) -> list[dict[str, Any]]:
     """One end-to-end run (and, for ``softmax``, the methods derived from its model)."""
     name, imbalance, seed, method = run["dataset"], run["imbalance"], run["seed"], run["method"]
+    variant = run.get("variant", "")
     counts = train_counts(name, config, data, imbalance)
     idx = longtail.subsample_longtail(data.y_train, counts, seed)
     x, y = data.x_train[idx], data.y_train[idx]
-    setting = {"dataset": f"{name}-lt", "imbalance": imbalance, "seed": seed}
+    dataset = f"{name}-lt" + (f"+{variant}" if variant else "")
+    setting = {"dataset": dataset, "imbalance": imbalance, "seed": seed}
     training.seed_everything(seed)
-    model = build_model(name, config, x[0].numel() if x.ndim == 2 else x.shape[1])
+    model = build_model(name, config, x[0].numel() if x.ndim == 2 else x.shape[1], variant)
     weights = losses.class_balanced_sample_weights(y, len(counts)) if uses_cb_sampler(method) \
         else None
+
+    def test_top1() -> float:
+        return metrics.accuracy(training.predict(model, data.x_test, device=device), data.y_test)
+
     start = time.perf_counter()
-    training.fit_classifier(model, build_loss(method, counts, config), x, y,
-                            train_spec(name, config), seed=seed, device=device,
-                            sample_weights=weights,
-                            # the weighted mean is normalised by the whole batch's weight
-                            data_parallel=method != "cb_reweighting")
+    early = fit_end_to_end(model, build_loss(method, counts, config), x, y,
+                           train_spec(name, config, variant), seed=seed, device=device,
+                           sample_weights=weights,
+                           # the weighted mean is normalised by the whole batch's weight
+                           data_parallel=method != "cb_reweighting",
+                           max_shift=config.probe_shift if variant == "augment" else 0,
+                           checkpoint=test_top1)
     logits = training.predict(model, data.x_test, device=device)
     wall = time.perf_counter() - start
     rows = [{**setting, "method": method, "wall_s": wall, **r}
             for r in evaluate(logits, data.y_test, counts)]
-    if method != "softmax":
+    rows += [{**setting, "method": method, "wall_s": wall, "metric": "top1_moved_last_fifth",
+              "value": abs(rows[0]["value"] - early)},
+             {**setting, "method": method, "wall_s": wall, "metric": "tail_count",
+              "value": float(min(counts))}]
+    if method != "softmax" or variant:
         return rows
     derived = [m for m in FROM_SOFTMAX if m in config.methods]
+    if name == "digits" or (config.decoupled_imbalances is not None
+                            and imbalance not in config.decoupled_imbalances):
+        derived = [m for m in derived if m == "posthoc_adjustment"]
     if "posthoc_adjustment" in derived:
         adjusted = losses.posthoc_logit_adjustment(logits, counts)
         rows += [{**setting, "method": "posthoc_adjustment", "wall_s": wall, **r}
@@ -417,7 +522,9 @@ def run_image(config: Config, data: Split, run: dict[str, Any], device: torch.de
     decoupled = [m for m in derived if m != "posthoc_adjustment"]
     if not decoupled:
         return rows
-    feats, feats_test = extract_features(model, x), extract_features(model, data.x_test)
+    cpu = torch.device("cpu")
+    feats = incremental.extract_features(model, x, device)
+    feats_test = incremental.extract_features(model, data.x_test, device)
     for offset, dmethod in enumerate(decoupled):
         start = time.perf_counter()
         training.seed_everything(seed * 1000 + offset)
@@ -428,7 +535,7 @@ def run_image(config: Config, data: Split, run: dict[str, Any], device: torch.de
             cb = losses.class_balanced_sample_weights(y, len(counts)) if uses_cb_sampler(dmethod) \
                 else None
             training.fit_classifier(classifier, build_loss(dmethod, counts, config), feats, y,
-                                    decoupled_spec(config), seed=seed, device=torch.device("cpu"),
+                                    decoupled_spec(config), seed=seed, device=cpu,
                                     sample_weights=cb)
         with torch.inference_mode():
             dlogits = classifier(feats_test)
@@ -501,11 +608,11 @@ def derived_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
     wide = wide.pivot_table(index=keys, columns=["metric", "method"], values="value")
     gain = {m: wide[(m, "balanced_softmax")] - wide[(m, "softmax")]
             for m in ("top1", "many", "few")}
-    for (dataset, imbalance, seed), value in (gain["few"] - gain["many"]).items():
+    for (dataset, imbalance, seed), value in (gain["few"] - gain["many"]).dropna().items():
         out.append({"dataset": dataset, "imbalance": imbalance, "seed": seed,
                     "method": "balanced_softmax", "metric": "few_minus_many_gain",
                     "value": float(value)})
-    top1 = gain["top1"].reset_index(name="gain")
+    top1 = gain["top1"].dropna().reset_index(name="gain")
     for (dataset, seed), group in top1.groupby(["dataset", "seed"]):
         if group["imbalance"].nunique() < 2:
             continue
@@ -548,15 +655,22 @@ def ci_table(rows: pd.DataFrame, index: list[str], columns: str, scale: float = 
 
 
 def grid(config: Config) -> list[dict[str, Any]]:
-    """Run descriptions: one per (dataset, imbalance, end-to-end method, seed), plus Theorem 1."""
+    """Run descriptions: one per (dataset, imbalance, end-to-end method, seed), the table-only
+    methods at ``table_only_imbalances`` (all factors on Digits), the testbed probe, Theorem 1."""
     end_to_end = [m for m in END_TO_END if m in config.methods]
     if any(m in config.methods for m in FROM_SOFTMAX) and "softmax" not in end_to_end:
         end_to_end.insert(0, "softmax")
     runs = []
     for name in config.datasets:
         factors = config.digits_imbalances if name == "digits" else config.imbalances
+        limited = name != "digits" and config.table_only_imbalances is not None
         runs += [{"dataset": name, "imbalance": f, "method": m, "seed": s}
-                 for f, m, s in itertools.product(factors, end_to_end, config.seeds)]
+                 for f, m, s in itertools.product(factors, end_to_end, config.seeds)
+                 if not (limited and m in TABLE_ONLY and f not in config.table_only_imbalances)]
+    probe = [m for m in PROBE_METHODS if m in config.methods]
+    runs += [{"dataset": "mnist1d", "imbalance": config.probe_imbalance, "method": m, "seed": s,
+              "variant": v}
+             for v, m, s in itertools.product(config.probe_variants, probe, config.probe_seeds)]
     gauss_methods = [m for m in ("softmax", "balanced_softmax") if m in config.methods]
     runs += [{"dataset": "gaussian", "imbalance": f, "method": m, "seed": s}
              for f, m, s in itertools.product(config.gauss_imbalances, gauss_methods, config.seeds)]

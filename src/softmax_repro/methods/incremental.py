@@ -276,6 +276,9 @@ class Learner:
         balanced_finetune: after each incremental step, fine-tune the classifier with CE on
             class-balanced batches of the step's training set (the separate stage BSCE would make
             unnecessary).
+        finetune_within_budget: with ``balanced_finetune``, the fine-tuning epochs are taken out
+            of the incremental step's epochs, so that the learner takes as many optimizer steps
+            as one without fine-tuning (name part ``_ftb`` instead of ``_ft``).
     """
 
     loss: str
@@ -283,6 +286,7 @@ class Learner:
     selection: str = "herding"
     distillation: bool = False
     balanced_finetune: bool = False
+    finetune_within_budget: bool = False
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, LOSSES)
@@ -291,12 +295,15 @@ class Learner:
         if self.balanced_finetune and self.memory_per_class == 0:
             raise ConfigError("balanced_finetune needs memory_per_class >= 1: without memory the "
                               "step's training set holds only new classes")
+        if self.finetune_within_budget and not self.balanced_finetune:
+            raise ConfigError("finetune_within_budget needs balanced_finetune")
 
     @property
     def name(self) -> str:
-        """``<loss>[_kd][_ft][_random]_m<memory>``, e.g. ``bsce_kd_m20``."""
+        """``<loss>[_kd][_ft|_ftb][_random]_m<memory>``, e.g. ``bsce_kd_m20``."""
         parts = [self.loss]
-        parts += ["kd"] * self.distillation + ["ft"] * self.balanced_finetune
+        finetune = "ftb" if self.finetune_within_budget else "ft"
+        parts += ["kd"] * self.distillation + [finetune] * self.balanced_finetune
         parts += ["random"] * (self.selection == "random")
         return "_".join([*parts, f"m{self.memory_per_class}"])
 
@@ -305,17 +312,17 @@ class Learner:
         """The learner named ``name`` (the inverse of :attr:`name`).
 
         Raises:
-            ConfigError: ``name`` does not follow ``<ce|bsce>[_kd][_ft][_random]_m<int>``.
+            ConfigError: ``name`` does not follow ``<ce|bsce>[_kd][_ft|_ftb][_random]_m<int>``.
         """
-        match = re.fullmatch(r"(ce|bsce)(_kd)?(_ft)?(_random)?_m(\d+)", str(name))
+        match = re.fullmatch(r"(ce|bsce)(_kd)?(_ftb|_ft)?(_random)?_m(\d+)", str(name))
         if match is None:
             raise ConfigError(f"method {name!r} is not allowed; a method is named "
-                              "<ce|bsce>[_kd][_ft][_random]_m<exemplars per class>, "
+                              "<ce|bsce>[_kd][_ft|_ftb][_random]_m<exemplars per class>, "
                               "e.g. 'ce_m20', 'bsce_kd_m20', 'ce_ft_m5', 'bsce_kd_m0'")
         loss, kd, ft, rand, memory = match.groups()
         return cls(loss=loss, memory_per_class=int(memory),
                    selection="random" if rand else "herding", distillation=bool(kd),
-                   balanced_finetune=bool(ft))
+                   balanced_finetune=bool(ft), finetune_within_budget=ft == "_ftb")
 
 
 # --------------------------------------------------------------------------- metrics

@@ -63,12 +63,16 @@ class BalancedSoftmaxLoss(nn.Module):
         self.register_buffer("log_counts", _check_counts(class_counts).log().float())
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return self.per_example(logits, target).mean()
+
+    def per_example(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The loss of each example ``[B]`` (no reduction)."""
         if logits.shape[-1] != self.log_counts.numel():
             raise ValueError(
                 f"logits have {logits.shape[-1]} classes "
                 f"but class_counts has {self.log_counts.numel()}"
             )
-        return F.cross_entropy(logits + self.power * self.log_counts, target)
+        return F.cross_entropy(logits + self.power * self.log_counts, target, reduction="none")
 
 
 def posthoc_logit_adjustment(

@@ -5,12 +5,15 @@ Used only for decoupled classifier re-training on frozen features. Each training
 1. draw a batch of classes from the current rates with a straight-through Gumbel-Softmax
    (:meth:`MetaSampler.draw`), then one example uniformly within each drawn class
    (:func:`draw_examples`);
-2. inner step (:func:`meta_step`): one differentiable SGD step of the classifier on that batch with
+2. inner step (:func:`meta_step`): one differentiable step of the classifier on that batch with
    its training loss (Balanced Softmax), each example's loss multiplied by a straight-through weight
-   whose value is exactly 1 and whose gradient reaches the rates;
-3. outer step: plain cross-entropy of the stepped classifier on a class-balanced meta set
-   (:func:`class_balanced_indices`); its gradient with respect to the rates updates them (Adam);
-4. the classifier itself then takes an ordinary step on the same batch (done by the training loop).
+   whose value is exactly 1 and whose gradient reaches the rates. The step is the classifier's own
+   optimizer (SGD with momentum and weight decay, continuing from its current momentum buffers, at
+   its current learning rate), as the official code steps a copy of the model's optimizer;
+3. outer step: plain cross-entropy of the stepped classifier on a class-balanced meta batch, drawn
+   fresh every step (:func:`balanced_batch`, the official infinite class-aware sampler); its
+   gradient with respect to the rates updates them (Adam);
+4. the classifier itself then takes an ordinary step on the same batch (done by the caller).
 
 The rates are ``softmax(logits)`` over classes, initialised to ``∝ n_c^(1 - init_power)`` (power 0:
 instance-balanced sampling, power 1: class-balanced). The official code parameterises a sigmoid
@@ -101,22 +104,29 @@ def draw_examples(classes: Tensor, groups: list[Tensor],
                   generator: torch.Generator | None = None) -> Tensor:
     """One example index per drawn class, uniform within the class ``[B]`` (int64)."""
     sizes = torch.tensor([g.numel() for g in groups])
-    offsets = (torch.rand(classes.numel(), generator=generator) * sizes[classes.cpu()]).long()
-    return torch.stack([groups[c][o] for c, o in zip(classes.tolist(), offsets.tolist(),
-                                                      strict=True)])
+    starts = torch.cumsum(sizes, 0) - sizes
+    classes = classes.cpu()
+    offsets = (torch.rand(classes.numel(), generator=generator) * sizes[classes]).long()
+    return torch.cat(groups)[starts[classes] + offsets]
 
 
 def class_balanced_indices(labels: Tensor, num_classes: int, size: int,
                            generator: torch.Generator | None = None) -> Tensor:
-    """A class-balanced meta set of ``size`` example indices ``[size]`` drawn from ``labels``.
+    """A class-balanced meta set of ``size`` example indices ``[size]`` drawn from ``labels``
+    (:func:`balanced_batch` over :func:`index_by_class`)."""
+    return balanced_batch(index_by_class(labels, num_classes), size, generator)
+
+
+def balanced_batch(groups: list[Tensor], size: int,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """``size`` example indices ``[size]``, class-balanced over the classes' index ``groups``.
 
     Classes take turns (``size // C`` each, the remainder to the first classes); within a class
     examples are drawn without replacement while they last, then the class is cycled again (a
     tail class with fewer examples than its share repeats them, as the official class-aware sampler
     does).
     """
-    groups = index_by_class(labels, num_classes)
-    picked = []
+    num_classes, picked = len(groups), []
     for c, group in enumerate(groups):
         share = size // num_classes + (1 if c < size % num_classes else 0)
         rounds = -(-share // group.numel())
@@ -127,8 +137,30 @@ def class_balanced_indices(labels: Tensor, num_classes: int, size: int,
 
 
 def per_example_loss(loss_fn: LossFn, logits: Tensor, target: Tensor) -> Tensor:
-    """``loss_fn`` evaluated on each example alone ``[B]`` (for batch-mean losses)."""
+    """``loss_fn`` evaluated on each example alone ``[B]`` (for batch-mean losses); a loss with a
+    ``per_example`` method (e.g. :class:`~softmax_repro.methods.losses.BalancedSoftmaxLoss`) is
+    asked directly."""
+    direct = getattr(loss_fn, "per_example", None)
+    if direct is not None:
+        return direct(logits, target)
     return vmap(lambda z, t: loss_fn(z[None], t[None]))(logits, target)
+
+
+def sgd_step(params: dict[str, Tensor], grads: list[Tensor], lr: float, momentum: float = 0.0,
+             weight_decay: float = 0.0, buffers: dict[str, Tensor | None] | None = None,
+             ) -> dict[str, Tensor]:
+    """The parameters after one step of ``torch.optim.SGD`` (no dampening, no Nesterov), kept
+    differentiable in ``grads``: ``d = g + wd·p``; ``v = μ·buf + d`` (``v = d`` without a buffer,
+    as on SGD's first step); ``p − lr·v``. ``buffers`` holds the optimizer's momentum buffers by
+    parameter name (treated as constants)."""
+    stepped = {}
+    for (name, p), g in zip(params.items(), grads, strict=True):
+        d = g + weight_decay * p if weight_decay else g
+        buffer = (buffers or {}).get(name)
+        if momentum and buffer is not None:
+            d = momentum * buffer.detach() + d
+        stepped[name] = p - lr * d
+    return stepped
 
 
 def meta_step(
@@ -142,6 +174,9 @@ def meta_step(
     meta_x: Tensor,
     meta_y: Tensor,
     inner_lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    momentum_buffers: dict[str, Tensor | None] | None = None,
 ) -> float:
     """One outer update of the sample rates; the classifier is left unchanged.
 
@@ -152,7 +187,9 @@ def meta_step(
         x, y: the batch drawn with :meth:`MetaSampler.draw` (``[B, D]``, ``[B]``).
         weights: that draw's straight-through weights ``[B]``.
         meta_x, meta_y: class-balanced meta batch ``[M, D]``, ``[M]``.
-        inner_lr: learning rate of the differentiable SGD step.
+        inner_lr, momentum, weight_decay, momentum_buffers: the differentiable inner step
+            (:func:`sgd_step`): the classifier optimizer's current learning rate, momentum,
+            weight decay and momentum buffers by parameter name (``None``: plain SGD).
 
     Returns:
         The meta loss (plain CE of the stepped classifier on the meta batch).
@@ -161,7 +198,7 @@ def meta_step(
     losses = per_example_loss(train_loss, functional_call(classifier, params, (x,)), y)
     inner = (weights * losses).mean()
     grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
-    stepped = {name: p - inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
+    stepped = sgd_step(params, list(grads), inner_lr, momentum, weight_decay, momentum_buffers)
     meta_loss = F.cross_entropy(functional_call(classifier, stepped, (meta_x,)), meta_y)
     (grad_logits,) = torch.autograd.grad(meta_loss, [sampler.logits])
     meta_optimizer.zero_grad(set_to_none=True)
