@@ -57,6 +57,7 @@ METHOD_COLORS: dict[str, str] = {
     "ce_kd_m20": PINK,
     "ce_ft_m20": GREY,
     "ce_kd_ft_m20": ROSE,
+    "ce_kd_ftb_m20": OLIVE,
     "bsce_m5": SKY,
     "bsce_m20": BLUE,
     "bsce_kd_m0": GREEN,
