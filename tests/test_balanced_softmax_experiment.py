@@ -256,10 +256,20 @@ def test_random_shift_moves_each_sequence_within_its_zero_padding() -> None:
     assert torch.equal(bs.random_shift(x, 0, torch.Generator()), x)
 
 
-def test_ci_table_formats_mean_and_half_width() -> None:
-    records = [{"imbalance": 10, "method": "a", "metric": m, "seed": s, "value": v}
-               for m, values in (("few", (0.5, 0.5)), ("many", (0.9, 0.9))) for s, v in
-               enumerate(values)]
-    table = bs.ci_table(pd.DataFrame(records), ["imbalance", "method"], "metric")
-    assert table.loc[(10, "a"), "few"] == "50.0 ± 0.0"
-    assert table.loc[(10, "a"), "many"] == "90.0 ± 0.0"
+def test_probe_table_pairs_bs_and_cbw_per_variant() -> None:
+    config = bs.make_config("smoke", overrides={"probe_seeds": [0, 1], "probe_variants": ["long"]})
+    records = []
+    for dataset, gains in (("mnist1d-lt", (0.02, 0.04)), ("mnist1d-lt+long", (-0.01, -0.03))):
+        for seed, gain in enumerate(gains):
+            records += [{"dataset": dataset, "imbalance": 100, "seed": seed, "metric": "top1",
+                         "method": "cb_reweighting", "value": 0.8},
+                        {"dataset": dataset, "imbalance": 100, "seed": seed, "metric": "top1",
+                         "method": "balanced_softmax", "value": 0.8 + gain}]
+    # a third seed of the base runs is not a probe seed and is left out
+    records.append({"dataset": "mnist1d-lt", "imbalance": 100, "seed": 2, "metric": "top1",
+                    "method": "balanced_softmax", "value": 0.1})
+    table = bs.probe_table(pd.DataFrame(records), config).set_index("variant")
+    assert list(table.index) == ["base", "long"]
+    assert table.loc["base", "diff_mean"] == pytest.approx(0.03)
+    assert table.loc["long", "diff_mean"] == pytest.approx(-0.02)
+    assert table.loc["base", "seeds"] == 2 and table.loc["base", "cbw_mean"] == pytest.approx(0.8)

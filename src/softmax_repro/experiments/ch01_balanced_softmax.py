@@ -645,13 +645,29 @@ def paper_comparison(rows: pd.DataFrame, dataset: str, paper: str = "CIFAR-10-LT
     return pd.DataFrame.from_records(records).set_index("method")
 
 
-def ci_table(rows: pd.DataFrame, index: list[str], columns: str, scale: float = 100.0,
-             digits: int = 1) -> pd.DataFrame:
-    """``mean ± 95% CI half-width`` of ``value`` (× ``scale``) pivoted to ``index × columns``."""
-    table = metrics.summarize(rows, [*index, columns])
-    table["cell"] = [metrics.format_ci(m, lo, hi, scale=scale, digits=digits) for m, lo, hi
-                     in zip(table["mean"], table["ci_low"], table["ci_high"], strict=True)]
-    return table.pivot_table(index=index, columns=columns, values="cell", aggfunc="first")
+def probe_table(rows: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """The testbed probe: per variant (``base`` = the main MNIST-1D-LT runs), top-1 of Balanced
+    Softmax and of class-balanced re-weighting and their paired difference, over the probe seeds.
+
+    Returns columns ``variant, seeds, bs_mean, cbw_mean, diff_mean, diff_low, diff_high``
+    (fractions).
+    """
+    top1 = rows[(rows["metric"] == "top1") & (rows["imbalance"] == config.probe_imbalance)
+                & rows["seed"].isin(config.probe_seeds)]
+    records = []
+    for variant in ("base", *config.probe_variants):
+        dataset = "mnist1d-lt" if variant == "base" else f"mnist1d-lt+{variant}"
+        wide = top1[top1["dataset"] == dataset].pivot_table(index="seed", columns="method",
+                                                            values="value")
+        if not set(PROBE_METHODS) <= set(wide.columns):
+            continue
+        wide = wide.dropna(subset=list(PROBE_METHODS))
+        bs_, cbw = wide["balanced_softmax"], wide["cb_reweighting"]
+        mean, low, high = metrics.paired_difference_ci(bs_, cbw)
+        records.append({"variant": variant, "seeds": len(wide), "bs_mean": float(bs_.mean()),
+                        "cbw_mean": float(cbw.mean()), "diff_mean": mean, "diff_low": low,
+                        "diff_high": high})
+    return pd.DataFrame.from_records(records)
 
 
 def grid(config: Config) -> list[dict[str, Any]]:
