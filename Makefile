@@ -29,7 +29,7 @@ export PYTHONHASHSEED := 0
 export PROFILE DEVICE NAME NPROC JOBS BOOK RESULTS TOLERANCE TORCHRUN_ARGS
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book chapter verify report html test bench scaling lint clean $(addprefix chapter-,$(CHAPTERS))
+.PHONY: help setup book chapter verify report html unfinished-build test bench scaling lint clean $(addprefix chapter-,$(CHAPTERS))
 
 help: ## List the targets with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -91,13 +91,17 @@ html: report ## Only render the book (no execution) into book/_build/html
 	  tar xzf "$$tgz" -C "$${js%/*}" --strip-components=2 \
 	    package/es5/tex-mml-chtml.js package/es5/output/chtml/fonts/woff-v2; \
 	fi
-	@# a build killed half-way leaves a stale search index that fails the next one: start clean
-	@if [ -e "$$BOOK/_build/.incomplete" ]; then \
-	  echo "[clean] $$BOOK/_build: the previous build did not finish"; rm -rf "$$BOOK/_build"; fi
+	@$(MAKE) --no-print-directory unfinished-build
 	@mkdir -p "$$BOOK/_build" && touch "$$BOOK/_build/.incomplete"
 	$(VENV)/bin/jupyter-book build "$$BOOK" --warningiserror --keep-going --quiet
 	@rm -f "$$BOOK/_build/.incomplete"
 	@echo "The book is at file://$$(realpath "$$BOOK")/_build/html/index.html"
+
+# A build killed half-way (marked by BOOK/_build/.incomplete) leaves a stale search index that
+# fails the next build: remove it before building again.
+unfinished-build:
+	@if [ -e "$$BOOK/_build/.incomplete" ]; then \
+	  echo "[clean] $$BOOK/_build: the previous build did not finish"; rm -rf "$$BOOK/_build"; fi
 
 test: setup ## Set up and run the whole test suite (unit, notebooks at smoke, book build, browser)
 	$(PY) -m pytest -q

@@ -1,8 +1,11 @@
-"""Bad input across chapters: each invalid parameter is rejected before any work starts, with a
-message naming the parameter and what is allowed (issue: trust)."""
+"""Bad input across chapters, the command line and Make: each invalid parameter is rejected before
+any work starts, with a message naming the parameter and what is allowed (issues: trust, 16)."""
 
 import importlib
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +84,86 @@ def test_results_file_from_another_profile_is_rejected(tmp_path):
                                  started=results.now(), wall_s=0.0, device="cpu")
     with pytest.raises(ConfigError, match="written at profile='smoke', but profile='cpu'"):
         results.read_results(path, profile="cpu")
+
+
+# --- the command line and Make: every bad value named, with its fix, before any work ----------
+
+ROOT = Path(__file__).resolve().parents[1]
+MAKE = ["make", "--no-print-directory", "-o", ".venv/.setup-stamp"]  # never re-runs setup
+CH = "01_balanced_softmax"
+
+
+def _runner(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "softmax_repro.pipeline.runner", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, **kw)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--nproc=0"], "NPROC='0' is not allowed; give the number of processes"),
+    (["--nproc=-1"], "NPROC='-1' is not allowed"),
+    (["--nproc=abc"], "NPROC='abc' is not allowed"),
+    (["--profile="], "PROFILE='' is not allowed; choose one of: 'smoke', 'cpu', 'paper'"),
+    (["--profile=-x"], "PROFILE='-x' is not allowed"),
+    (["--name=01 balanced softmax"], "NAME='01 balanced softmax' is not a chapter; choose one"),
+    (["--device=tpu"], "device='tpu' is not allowed"),
+])
+def test_bad_command_line_values_are_named_without_argparse_noise(args, message, tmp_path):
+    out = _runner("execute", f"--name={CH}", *args, f"--out-dir={tmp_path}/book",
+                  f"--results-dir={tmp_path}/results")
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "usage:" not in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "results").exists()  # rejected before any work
+
+
+def test_an_unknown_or_abbreviated_option_is_one_sentence_pointing_at_help(tmp_path):
+    for option in ("--profil=smoke", "--colour"):  # no abbreviations: --profil is not --profile
+        out = _runner("execute", f"--name={CH}", option, f"--out-dir={tmp_path}/book",
+                      f"--results-dir={tmp_path}/results")
+        assert out.returncode == 2 and "usage:" not in out.stderr and "make help" in out.stderr
+        assert "[executing]" not in out.stdout and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("NPROC", "0", "NPROC='0' is not allowed"),
+    ("NPROC", "abc", "NPROC='abc' is not allowed"),
+    ("PROFILE", "", "PROFILE='' is not allowed"),
+    ("NAME", "01 balanced", "NAME='01 balanced' is not a chapter"),
+])
+def test_make_names_the_bad_variable(variable, value, message, tmp_path):
+    args = [f"{variable}={value}"] + ([] if variable == "NAME" else [f"NAME={CH}"])
+    out = subprocess.run([*MAKE, "chapter", *args, f"BOOK={tmp_path}/book",
+                          f"RESULTS={tmp_path}/results"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+    assert "usage:" not in out.stderr and "[executing]" not in out.stdout
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="this machine has a cuda:7")
+def test_an_unavailable_gpu_is_named_in_the_terminal(tmp_path):
+    out = subprocess.run([*MAKE, "chapter", f"NAME={CH}", "PROFILE=smoke", "DEVICE=cuda:7",
+                          f"BOOK={tmp_path}/book", f"RESULTS={tmp_path}/results"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "device='cuda:7' is not available: this machine has" in out.stderr
+    assert "DEVICE=cpu" in out.stderr and "[executing]" not in out.stdout  # before the notebook
+
+
+def test_a_small_file_size_limit_is_named_before_any_work(tmp_path):
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE,
+                           (2**20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    out = _runner("execute", "--profile=smoke", f"--name={CH}", f"--out-dir={tmp_path}/book",
+                  f"--results-dir={tmp_path}/results", preexec_fn=limit)
+    assert out.returncode == 2, out.stderr
+    assert "the file-size limit (ulimit -f) is 1048576 bytes" in out.stderr
+    assert "ulimit -f unlimited" in out.stderr and "[executing]" not in out.stdout
+
+
+def test_invalid_claims_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "09_bad.yaml"
+    bad.write_text("- id: x\n  claim: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: .*YAML"):
+        claims.load_claims(bad)

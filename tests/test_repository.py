@@ -79,3 +79,34 @@ def test_publishing_workflow_parses_and_only_calls_make_targets():
     assert {"make html", "make test"} <= set(make_calls)
     for call in make_calls:
         assert re.search(rf"^{call.split()[1]}:", makefile, re.M), call
+
+
+def test_licence_file_matches_pyproject():
+    licence = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]["text"]
+    assert licence == "MIT"
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
+
+
+def test_workflow_grants_write_only_to_deploy_and_deploys_only_after_the_tests():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    assert workflow["permissions"] == {"contents": "read"}
+    assert workflow["concurrency"]["group"]
+    jobs = workflow["jobs"]
+    for name, job in jobs.items():
+        writes = {k for k, v in job.get("permissions", {}).items() if v == "write"}
+        assert writes == ({"pages", "id-token"} if name == "deploy" else set()), name
+    assert {"test", "html"} <= set(jobs["deploy"]["needs"])
+    assert "refs/heads/main" in jobs["deploy"]["if"]
+    assert "SOFTMAX_REPRO_BOOK_URL" in workflow["env"]
+    runs = " ".join(s.get("run", "") for job in jobs.values() for s in job["steps"])
+    assert not re.search(r"apt(-get)? install[^\n]*\bchromium\b", runs)  # a snap shim on Ubuntu
+
+
+def test_make_recipes_never_paste_user_variables_into_the_shell():
+    makefile = (ROOT / "Makefile").read_text()
+    recipes = "\n".join(line for line in makefile.splitlines() if line.startswith("\t"))
+    for variable in ("NAME", "PROFILE", "DEVICE", "NPROC", "BOOK", "RESULTS", "TOLERANCE",
+                     "JOBS", "TORCHRUN_ARGS"):
+        assert f"$({variable})" not in recipes, f"$({variable}) is pasted unquoted into a recipe"
+        assert re.search(rf"^export .*\b{variable}\b", makefile, re.M), variable

@@ -260,6 +260,20 @@ class Staging:
             time.sleep(1.0)
 
 
+def _torchrun_folder(name: str) -> str:
+    return f"{name}-{os.environ.get('TORCHELASTIC_RUN_ID', 'torchrun')}"
+
+
+def clear_stale_staging(name: str, results_dir: Path) -> None:
+    """Remove staging folders of ``name`` left by an execution that was killed (called under
+    :func:`chapter_lock`, so none of them belongs to a live run; under torchrun the folder of
+    this run's ranks is kept)."""
+    keep = _torchrun_folder(name) if "RANK" in os.environ else None
+    for folder in (results_dir / ".staging").glob(f"{name}-*"):
+        if folder.name != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def make_staging(name: str, results_dir: Path) -> Staging:
     """A fresh staging folder, or under torchrun the one folder of this run's ranks."""
     parent = results_dir / ".staging"
@@ -268,7 +282,7 @@ def make_staging(name: str, results_dir: Path) -> Staging:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if all(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
         # rank 0's kernel writes the results file there; each rank executes its own notebook copy
-        folder = parent / f"{name}-{os.environ.get('TORCHELASTIC_RUN_ID', 'torchrun')}"
+        folder = parent / _torchrun_folder(name)
         folder.mkdir(exist_ok=True)
     else:
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))
@@ -348,6 +362,9 @@ def _sibling_temp(target: Path) -> Path:
     """A temporary path in ``target``'s folder (same filesystem, so the final rename is atomic)."""
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp makes it private; published files are not
     return Path(name)
 
 
@@ -421,6 +438,8 @@ def execute_chapter(
     rank = int(os.environ.get("RANK", "0"))
     lock = chapter_lock(results_dir, profile, name) if rank == 0 else contextlib.nullcontext()
     with lock:
+        if rank == 0:
+            clear_stale_staging(name, results_dir)
         staging = make_staging(name, results_dir)
         checkpoints = results_dir / ".checkpoints" / profile / digest[:16]
         print(f"[executing] {name} at profile={profile} device={device}"
@@ -517,8 +536,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one sentence and exits 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message}; see `make help` or "
-                     f"`python -m softmax_repro.pipeline.runner {self.prog.split()[-1]} --help`\n")
+        self.exit(2, f"error: {message}; see `make help` or `{self.prog} --help`\n")
 
 
 def check_nproc(text: str) -> int:
@@ -555,9 +573,9 @@ def without_option(argv: Sequence[str], option: str) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m softmax_repro.pipeline.runner", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    ex = sub.add_parser("execute", help="execute stale chapters with papermill")
+    ex = sub.add_parser("execute", help="execute stale chapters with papermill", allow_abbrev=False)
     ex.add_argument("--profile", default="cpu")
     ex.add_argument("--name", action="append", help="chapter (repeatable; default: all)")
     ex.add_argument("--device", default="auto")
@@ -566,13 +584,13 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out-dir", type=Path, default=REPO_ROOT / "book" / "chapters")
     ex.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     ver = sub.add_parser("verify", help="re-execute chapters into a scratch folder and compare "
-                         "every number with the committed results")
+                         "every number with the committed results", allow_abbrev=False)
     ver.add_argument("--profile", default="cpu")
     ver.add_argument("--name", action="append", help="chapter (repeatable; default: all)")
     ver.add_argument("--tolerance", default="0",
                      help="largest allowed |fresh − committed| (default 0: bit-identical)")
     ver.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
-    rep = sub.add_parser("report", help="generate the ledger and status pages")
+    rep = sub.add_parser("report", help="generate the ledger and status pages", allow_abbrev=False)
     rep.add_argument("--profile", default="cpu")
     rep.add_argument("--book-dir", type=Path, default=REPO_ROOT / "book")
     rep.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
