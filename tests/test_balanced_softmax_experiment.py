@@ -119,6 +119,40 @@ def test_fit_balms_learns_separable_features_and_moves_the_rates() -> None:
     assert 0.0 < rates["tail_rate"] < 1.0
 
 
+def test_fit_balms_draws_a_fresh_meta_batch_and_steps_like_its_optimizer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One class-balanced meta batch per step, and the inner step gets the optimizer's current
+    learning rate, momentum, weight decay and (from the second step) momentum buffers."""
+    counts = [30, 10, 3]
+    labels = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    features = torch.randn(labels.numel(), 4, generator=torch.Generator().manual_seed(0))
+    config = bs.make_config("smoke", overrides={"decoupled_steps": 5, "decoupled_batch_size": 8,
+                                                "meta_batch_size": 6})
+    batches, calls = [], []
+    original_batch, original_step = bs.meta_sampler.balanced_batch, bs.meta_sampler.meta_step
+
+    def spy_batch(groups, size, generator=None):
+        batches.append(original_batch(groups, size, generator))
+        return batches[-1]
+
+    def spy_step(*args, **kwargs):
+        calls.append(kwargs)
+        return original_step(*args, **kwargs)
+
+    monkeypatch.setattr(bs.meta_sampler, "balanced_batch", spy_batch)
+    monkeypatch.setattr(bs.meta_sampler, "meta_step", spy_step)
+    bs.fit_balms(torch.nn.Linear(4, 3), features, labels, counts, config, seed=0)
+    assert len(batches) == 5 and all(b.numel() == 6 for b in batches)
+    assert all(torch.bincount(labels[b], minlength=3).tolist() == [2, 2, 2] for b in batches)
+    assert len({tuple(b.tolist()) for b in batches}) > 1
+    assert [c["momentum"] for c in calls] == [0.9] * 5
+    assert [c["weight_decay"] for c in calls] == [config.weight_decay] * 5
+    assert calls[0]["inner_lr"] == pytest.approx(config.decoupled_lr)
+    assert calls[-1]["inner_lr"] < calls[0]["inner_lr"]  # cosine
+    assert all(v is None for v in calls[0]["momentum_buffers"].values())
+    assert all(v is not None for v in calls[1]["momentum_buffers"].values())
+
+
 @pytest.fixture(scope="module")
 def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> ChapterResult:
     out = tmp_path_factory.mktemp("results")

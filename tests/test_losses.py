@@ -80,3 +80,16 @@ def test_class_balanced_sample_weights_equalise_class_mass():
     labels = torch.tensor([0, 0, 0, 1])
     weights = losses.class_balanced_sample_weights(labels, 2)
     assert weights[labels == 0].sum() == pytest.approx(weights[labels == 1].sum())
+
+
+def test_balanced_softmax_per_example_losses_average_to_the_loss():
+    gen = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(7, 4, generator=gen), torch.tensor([0, 1, 2, 3, 0, 1, 3])
+    loss = losses.BalancedSoftmaxLoss([40, 20, 5, 1], power=0.5)
+    each = loss.per_example(logits, target)
+    assert each.shape == (7,)
+    assert torch.allclose(each.mean(), loss(logits, target))
+    shifted = logits + 0.5 * torch.tensor([40.0, 20.0, 5.0, 1.0]).log()
+    assert torch.allclose(each, F.cross_entropy(shifted, target, reduction="none"))
+    with pytest.raises(ValueError, match="3 classes"):
+        loss.per_example(logits[:, :3], target)
