@@ -164,6 +164,9 @@ def test_every_chapter_claim_finds_its_rows(smoke_result) -> None:
     assert not [v.claim.id for v in verdicts if v.verdict == "no results"]
     for verdict in verdicts:
         claims.check_vocabulary(verdict.claim, smoke_result.rows)
+        for test in verdict.claim.tests:  # falsification control: no test passes on its null
+            null = claims.null_outcome(test, smoke_result.rows, verdict.claim.id)
+            assert null is not None and null.outcome != "passed", (verdict.claim.id, test.label)
 
 
 def test_paper_profile_path_runs_on_a_tiny_local_hub_file(tmp_path) -> None:

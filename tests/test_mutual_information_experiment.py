@@ -137,6 +137,10 @@ def test_tiny_run_writes_rows_for_every_part(tmp_path):
     assert (fractions["info_mask"] - fractions["random_mask"]).abs().max() < 1e-12
     verdicts = claims.chapter_verdicts(chapter.CHAPTER, rows)
     assert {v.claim.id for v in verdicts} >= {"qin2019rethinking-softmax-ce-estimates-mi"}
+    for verdict in verdicts:  # falsification control: no test passes on its null
+        for test in verdict.claim.tests:
+            null = claims.null_outcome(test, rows, verdict.claim.id)
+            assert null is None or null.outcome != "passed", (verdict.claim.id, test.label)
     constant = synthetic[synthetic["method"] == "constant_logk"]
     assert set(constant["series"]) == {"main", "overlap"}
 
