@@ -29,7 +29,7 @@ export PYTHONHASHSEED := 0
 export PROFILE DEVICE NAME NPROC JOBS BOOK RESULTS TOLERANCE TORCHRUN_ARGS
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book chapter verify report html unfinished-build test bench scaling lint clean $(addprefix chapter-,$(CHAPTERS))
+.PHONY: help setup book chapter verify report mathjax html unfinished-build test bench scaling lint clean $(addprefix chapter-,$(CHAPTERS))
 
 help: ## List the targets with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -70,27 +70,28 @@ MATHJAX_VERSION := 3.2.2
 MATHJAX_SHA256 := 1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c09
 export MATHJAX_VERSION MATHJAX_SHA256
 
-html: report ## Only render the book (no execution) into book/_build/html
+mathjax: ## Fetch MathJax into the data cache once (npm), checked by sha256; make html needs it
 	@set -eo pipefail; \
 	if [ -n "$${SOFTMAX_REPRO_CACHE+set}" ] && [ -z "$$SOFTMAX_REPRO_CACHE" ]; then \
 	  echo "error: SOFTMAX_REPRO_CACHE is set but empty; unset it (cache in data/cache) or give a folder"; exit 2; fi; \
 	cache="$${SOFTMAX_REPRO_CACHE:-data/cache}"; tgz="$$cache/mathjax-$$MATHJAX_VERSION.tgz"; \
-	js="$$BOOK/_mathjax/mathjax/tex-mml-chtml.js"; \
-	if [ ! -f "$$js" ]; then \
-	  mkdir -p "$$cache" "$${js%/*}"; \
-	  if [ ! -f "$$tgz" ]; then \
-	    command -v npm >/dev/null || { echo "error: the book serves its own MathJax; install npm" \
-	      "(apt-get install -y npm) or put mathjax-$$MATHJAX_VERSION.tgz (from npm pack" \
-	      "mathjax@$$MATHJAX_VERSION) into $$cache"; exit 1; }; \
-	    err=$$(npm pack "mathjax@$$MATHJAX_VERSION" --loglevel=error --pack-destination "$$cache" 2>&1 >/dev/null) || { \
-	      echo "error: npm could not fetch mathjax@$$MATHJAX_VERSION into $$cache; npm said:"; echo "$$err"; \
-	      echo "fix: check the network (or npm_config_offline), or put mathjax-$$MATHJAX_VERSION.tgz there by hand"; exit 1; }; \
-	  fi; \
-	  echo "$$MATHJAX_SHA256  $$tgz" | sha256sum --check --quiet || { \
-	    echo "error: $$tgz does not match its sha256; delete it and re-run"; exit 1; }; \
-	  tar xzf "$$tgz" -C "$${js%/*}" --strip-components=2 \
-	    package/es5/tex-mml-chtml.js package/es5/output/chtml/fonts/woff-v2; \
-	fi
+	mkdir -p "$$cache"; \
+	if [ ! -f "$$tgz" ]; then \
+	  command -v npm >/dev/null || { echo "error: the book serves its own MathJax; install npm" \
+	    "(apt-get install -y npm) or put mathjax-$$MATHJAX_VERSION.tgz (from npm pack" \
+	    "mathjax@$$MATHJAX_VERSION) into $$cache"; exit 1; }; \
+	  err=$$(npm pack "mathjax@$$MATHJAX_VERSION" --loglevel=error --pack-destination "$$cache" 2>&1 >/dev/null) || { \
+	    echo "error: npm could not fetch mathjax@$$MATHJAX_VERSION into $$cache; npm said:"; echo "$$err"; \
+	    echo "fix: check the network (or npm_config_offline), or put mathjax-$$MATHJAX_VERSION.tgz there by hand"; exit 1; }; \
+	fi; \
+	echo "$$MATHJAX_SHA256  $$tgz" | sha256sum --check --quiet || { \
+	  echo "error: $$tgz does not match its sha256; delete it and re-run"; exit 1; }
+
+html: report ## Only render the book (no execution) into book/_build/html
+	@js="$$BOOK/_mathjax/mathjax/tex-mml-chtml.js"; test -f "$$js" || { \
+	  $(MAKE) --no-print-directory mathjax && mkdir -p "$${js%/*}" && \
+	  tar xzf "$${SOFTMAX_REPRO_CACHE:-data/cache}/mathjax-$$MATHJAX_VERSION.tgz" -C "$${js%/*}" \
+	    --strip-components=2 package/es5/tex-mml-chtml.js package/es5/output/chtml/fonts/woff-v2; }
 	@$(MAKE) --no-print-directory unfinished-build
 	@mkdir -p "$$BOOK/_build" && touch "$$BOOK/_build/.incomplete"
 	$(VENV)/bin/jupyter-book build "$$BOOK" --warningiserror --keep-going --quiet

@@ -41,11 +41,17 @@ def smoke_book():
     """`make book PROFILE=smoke` into a scratch book folder, run twice."""
     from softmax_repro.data import text
 
-    try:  # the offline book reads the Brown corpus from the cache: fetch it first, if we can
+    # the offline book reads the Brown corpus and MathJax from the cache: fetch them first
+    try:
         text.fetch_brown()
     except (text.CorpusUnavailableError, OSError) as error:
         pytest.skip(f"the smoke book needs the Brown corpus in the cache, and it could not be "
                     f"fetched here: {error}")
+    mathjax = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.setup-stamp",
+                              "mathjax"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if mathjax.returncode != 0:
+        pytest.skip(f"the smoke book needs MathJax in the cache (make mathjax), and it could not "
+                    f"be fetched here: {mathjax.stdout[-1000:]}{mathjax.stderr[-1000:]}")
     scratch = Path(tempfile.mkdtemp(prefix="smoke-book-"))
     book = scratch / "book"
     shutil.copytree(ROOT / "book", book, ignore=lambda d, names: [
