@@ -79,10 +79,10 @@ def test_grid_adds_softmax_for_the_methods_built_on_it() -> None:
     runs = bs.grid(config)
     assert {r["method"] for r in runs} == {"softmax"}
     assert len(runs) == len(config.imbalances) * len(config.seeds)
-    # MNIST-1D: 3 methods at 3 factors + 4 table-only methods at IF 100; Digits 7 × 2; Gauss 2 × 3;
-    # the probe: 3 variants × 2 methods × its seeds
+    # MNIST-1D: 3 methods at 3 factors + 4 table-only methods at IF 100 (cpu: 3, no focal);
+    # Digits 7 × 2 (cpu: 6 × 2); Gauss 2 × 3; the probe: 3 variants × 2 methods × its seeds
     full = bs.grid(bs.make_config("cpu"))
-    assert len(full) == (3 * 3 + 4 + 2 * 7 + 3 * 2) * 5 + 3 * 2 * 3
+    assert len(full) == (3 * 3 + 3 + 2 * 6 + 3 * 2) * 5 + 3 * 2 * 3
     assert len(bs.grid(bs.make_config("smoke"))) == (3 * 3 + 4 + 2 * 7 + 3 * 2) * 2 + 3 * 2
 
 
