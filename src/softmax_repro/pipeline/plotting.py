@@ -87,7 +87,27 @@ METHOD_COLORS: dict[str, str] = {
     "random_mask": YELLOW,
     "constant_logk": PURPLE,
     "constant_entropy": OLIVE,
-    # ---- 05_margins (chapter owner: add HASeparator, L-Softmax, D-Softmax methods here) ---------
+    # ---- 05_margins (HASeparator: cosine heads light, with the hinge darker; L-Softmax: m = 1
+    #      grey, margin purple, annealed warm; D-Softmax green, its softmax comparison grey) ----
+    "linear_ce": "#000000",
+    "cos1": SKY,
+    "cos1_hinge": BLUE,
+    "cos16": ROSE,
+    "cos16_hinge": PINK,
+    "lsoftmax_m1": GREY,
+    "lsoftmax_m2": "#c2a5cf",
+    "lsoftmax_m3": PURPLE,
+    "lsoftmax_m4": NAVY,
+    "lsoftmax_m2_anneal": YELLOW,
+    "lsoftmax_m3_anneal": ORANGE,
+    "lsoftmax_m4_anneal": VERMILION,
+    "softmax_k5": "#b0b0b0",
+    "softmax_k10": "#555555",
+    "dsoftmax": "#66c2a5",
+    "dsoftmax_k5": OLIVE,
+    "dsoftmax_k10": GREEN,
+    "dsoftmax_full": "#117733",
+    "dsoftmax_sampled": "#aa4499",
     # ---- 06_gradient_decay (β: small cool, CE black, large warm; attention normalisers) ---------
     "beta_0.01": NAVY,
     "beta_0.1": BLUE,
@@ -104,6 +124,21 @@ METHOD_COLORS: dict[str, str] = {
     # ---- 07_extreme_classification (chapter owner: adversarial negatives, overlapping clusters;
     #      reuse "adaptive" for the adaptive softmax) -----------------------------------------
     # ---- 08_exact_answers (chapter owner: softmax tricks, ADMM-Softmax, MRC, universal features)
+    "reinforce": GREY,
+    "reinforce_loo": BASELINE,
+    "gumbel_softmax": ORANGE,
+    "independent_bernoulli": SKY,
+    "topk_sst": BLUE,
+    "gumbel_max": YELLOW,
+    "admm": BLUE,
+    "newton_krylov": GREEN,
+    "lbfgs": VERMILION,
+    "sgd": PINK,
+    "optimum": "#000000",
+    "mrc": PURPLE,
+    "logreg": BASELINE,
+    "softmax_net": BLUE,
+    "random_features": GREY,
 }
 
 
