@@ -123,12 +123,12 @@ class Config(BaseConfig):
 
     synthetic_methods: tuple[str, ...] = ("softmax", "kerbs", "kerbs_dot", "kerbs_fixed",
                                           "kerbs_paper_order", "kerbs_code_order", "kerbs_oracle")
-    corpus_methods: tuple[str, ...] = ("softmax", "mos", "kerbs", "adaptive")
+    corpus_methods: tuple[str, ...] = ("softmax", "mos", "kerbs")
     corpus_num_seeds: int = 5
     corpus: str = "brown"
     corpus_files: tuple[str, ...] = ()
     vocab_size: int = 1000
-    train_tokens: int = 50_000
+    train_tokens: int = 40_000
     eval_tokens: int = 10_000
     corpus_embed: int = 64
     corpus_hidden: int = 64
@@ -139,7 +139,7 @@ class Config(BaseConfig):
     syn_polysemous_fraction: float = 0.3
     syn_max_senses: int = 4
     syn_branching: int = 3
-    syn_train_tokens: int = 80_000
+    syn_train_tokens: int = 60_000
     syn_valid_tokens: int = 5_000
     syn_test_tokens: int = 10_000
     syn_hidden: int = 16
