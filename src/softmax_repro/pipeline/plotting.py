@@ -123,6 +123,20 @@ METHOD_COLORS: dict[str, str] = {
     "cosmax": PINK,
     # ---- 07_extreme_classification (chapter owner: adversarial negatives, overlapping clusters;
     #      reuse "adaptive" for the adaptive softmax) -----------------------------------------
+    "adversarial": BLUE,
+    "adversarial_code_split": SKY,
+    "adversarial_uncorrected": NAVY,
+    "adversarial_code_split_uncorrected": "#9ecae1",
+    "uniform": VERMILION,
+    "frequency": ORANGE,
+    "frequency_uncorrected": YELLOW,
+    "nce": PINK,
+    "full_softmax": BASELINE,
+    "unigram": GREY,
+    "tree": GREEN,
+    "tree_code_split": OLIVE,
+    "xr_base": BROWN,
+    "xr_overlap": PURPLE,
     # ---- 08_exact_answers (chapter owner: softmax tricks, ADMM-Softmax, MRC, universal features)
     "reinforce": GREY,
     "reinforce_loo": BASELINE,
