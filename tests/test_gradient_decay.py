@@ -142,7 +142,7 @@ def test_half_rise_time() -> None:
     assert chapter.half_rise_time(np.array([0.0, 0.5, 1.0])) == pytest.approx(0.5)
     assert chapter.half_rise_time(np.array([0.0, 0.25, 0.75, 1.0])) == pytest.approx(0.5)
     assert chapter.half_rise_time(np.array([0.0, 1.0, 1.0, 1.0])) == pytest.approx(1 / 6)
-    assert chapter.half_rise_time(np.array([0.5, 0.4])) == 0.0
+    assert chapter.half_rise_time(np.array([0.5, 0.4])) == 1.0  # never rises: as late as can be
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -204,14 +204,18 @@ def test_select_learning_rates_keeps_the_best_validation_rate() -> None:
             rows.append({**base, "method": method, "lr": lr, "metric": "ece", "value": lr})
             rows.append({**base, "series": "trajectory", "method": method, "lr": lr,
                          "quintile": 1, "epoch": 0, "metric": "p_y", "value": lr})
-    out = chapter.select_learning_rates(rows, (0.03, 0.1, 0.3))
+    rows.append({**base, "method": "beta_10", "lr": 1.0, "metric": "diverged", "value": 1.0})
+    out = chapter.select_learning_rates(rows, (0.03, 0.1, 0.3, 1.0))
     chosen = {r["method"]: r["value"] for r in out if r["metric"] == "lr"}
-    assert chosen == {"beta_1": 0.1, "beta_10": 0.03}  # tie -> the earlier rate
+    assert chosen == {"beta_1": 0.1, "beta_10": 0.03}  # tie -> the earlier rate; 1.0 diverged
     tuned = [r for r in out if r["series"] == "tuned" and r["metric"] == "ece"]
     assert {r["method"]: r["value"] for r in tuned} == chosen
     assert all("lr" not in r for r in out if r["series"] != "lr_search")
     assert len([r for r in out if r["series"] == "trajectory"]) == 2
-    assert len([r for r in out if r["series"] == "lr_search"]) == 6
+    assert len([r for r in out if r["series"] == "lr_search"]) == 7
+    only_diverged = [{**base, "method": "beta_3", "lr": 1.0, "metric": "diverged", "value": 1.0}]
+    with pytest.raises(FloatingPointError, match="every learning rate"):
+        chapter.select_learning_rates(rows + only_diverged, (0.03, 0.1, 0.3, 1.0))
 
 
 def test_tiny_run_is_deterministic_and_complete(tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ class Config(BaseConfig):
     warmup_start: float = 0.01
     warmup_end: float = 10.0
     warmup_share: float = 0.5
-    lrs: tuple[float, ...] = (0.03, 0.1, 0.3)
+    lrs: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
     epochs: int = 20
     batch_size: int = 128
     momentum: float = 0.9
@@ -144,7 +144,7 @@ class Config(BaseConfig):
     patch: int = 5
     att_dim: int = 32
     att_depth: int = 1
-    att_epochs: int = 12
+    att_epochs: int = 8
     att_batch_size: int = 128
     att_lr: float = 3e-3
     probe_size: int = 500
@@ -381,10 +381,11 @@ def difficulty_quintiles(config: Config, data: ChapterData, tracked: Tensor,
 
 def half_rise_time(curve: np.ndarray) -> float:
     """Share of training (0–1) at which ``curve`` (values after 0..E epochs) first covers half
-    its rise from ``curve[0]`` to ``curve[-1]``, linearly interpolated; 0 if it does not rise."""
+    its rise from ``curve[0]`` to ``curve[-1]``, linearly interpolated; 1 (as late as the run
+    allows) if it does not rise at all."""
     start, end = float(curve[0]), float(curve[-1])
     if end <= start:
-        return 0.0
+        return 1.0
     half = start + 0.5 * (end - start)
     epochs = len(curve) - 1
     for e in range(1, len(curve)):
@@ -408,7 +409,11 @@ def beta_run(config: Config, data: ChapterData, tracked: Tensor, quintile: Tenso
     """One (method, lr, seed) run of the β part: ``lr_search`` scalar rows (and ``ce_ts`` rows
     for β = 1) plus ``trajectory`` and ``val_curve`` rows, every row carrying ``lr``."""
     method, lr, seed = run["method"], run["lr"], run["seed"]
-    trace = train_beta(config, data, method, lr, seed, tracked, device)
+    base = {"series": "lr_search", **run}
+    try:
+        trace = train_beta(config, data, method, lr, seed, tracked, device)
+    except FloatingPointError:  # diverged at this rate: no candidate for the selection
+        return [{**base, "metric": "diverged", "value": 1.0}]
     test_logits = training.predict(trace.model, data.x_test, device=device)
     val_logits = training.predict(trace.model, data.x_val, device=device)
     py = torch.stack(trace.tracked_py).numpy()  # [E+1, n_tracked]
@@ -420,8 +425,8 @@ def beta_run(config: Config, data: ChapterData, tracked: Tensor, quintile: Tenso
         "val_top1": trace.val_accuracy[-1],
         "conv_auc": float(np.mean(trace.val_accuracy[1:])),
         "curriculum_gap": half_rise_time(curves[QUINTILES]) - half_rise_time(curves[1]),
+        "diverged": 0.0,
     }
-    base = {"series": "lr_search", **run}
     rows = [{**base, "metric": k, "value": v} for k, v in scores.items()]
     rows += [{**base, "series": "trajectory", "quintile": q, "epoch": e, "metric": "p_y",
               "value": float(curve[e])}
@@ -441,8 +446,9 @@ def select_learning_rates(rows: list[dict[str, Any]], lrs: tuple[float, ...]) ->
     """Keep, for every (method, seed), the rows of the learning rate with the best validation
     accuracy (ties: the earlier rate in ``lrs``) without ``lr``: scalar rows become ``series:
     tuned``, ``trajectory`` and ``val_curve`` rows keep their series; a ``lr`` metric row records
-    the choice. Every candidate's ``val_top1`` and ``top1`` stay as ``lr_search`` rows. ``ce_ts``
-    follows β = 1's choice (its validation accuracy is the same)."""
+    the choice. Every candidate's ``val_top1``, ``top1`` and ``diverged`` (1 when its loss became
+    non-finite; such a rate is never chosen) stay as ``lr_search`` rows. ``ce_ts`` follows β = 1's
+    choice (its validation accuracy is the same)."""
     best: dict[tuple[str, int], tuple[float, int]] = {}
     for row in rows:
         if row["series"] == "lr_search" and row["metric"] == "val_top1":
@@ -454,9 +460,12 @@ def select_learning_rates(rows: list[dict[str, Any]], lrs: tuple[float, ...]) ->
     out: list[dict[str, Any]] = []
     for row in rows:
         key = (row["method"], row["seed"])
-        if row["series"] == "lr_search" and row["metric"] in ("val_top1", "top1"):
+        if row["series"] == "lr_search" and row["metric"] in ("val_top1", "top1", "diverged"):
             out.append(row)
-        if row["lr"] != chosen[key]:
+        if key not in chosen:
+            raise FloatingPointError(f"{key[0]} diverged at every learning rate of seed {key[1]}; "
+                                     f"lower the rates in lrs={list(lrs)}")
+        if row["lr"] != chosen[key] or row["metric"] == "diverged":
             continue
         kept = {k: v for k, v in row.items() if k != "lr"}
         if row["series"] == "lr_search":
