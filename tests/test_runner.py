@@ -1,8 +1,10 @@
 """The runner: staleness hashing, output cleaning, atomic execution and failure handling."""
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -153,17 +155,22 @@ def test_timing_metrics_are_recognised():
 
 
 GRID_SOURCE = """
+import os
 import time
 from pathlib import Path
 from softmax_repro.pipeline import results
 from softmax_repro.engine import training
 from softmax_repro.experiments import ch01_balanced_softmax as balanced_softmax
 log = Path(results_dir).parents[1] / "executed_runs.txt"
+gate = Path(results_dir).parents[1] / "release"
+(Path(results_dir).parents[1] / "kernel.pid").write_text(str(os.getpid()))
 
 def run_one(run):
     with open(log, "a") as handle:
         handle.write(f"{run['seed']}\\n")
-    time.sleep(1.5)
+    deadline = time.monotonic() + 600
+    while run["seed"] >= 2 and not gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # runs 2 and 3 wait for the test: no race with the clock
     return [{"method": "m", "seed": run["seed"], "metric": "x", "value": run["seed"] / 7}]
 
 rows = training.run_grid([{"seed": s} for s in range(4)], run_one, chapter="01_toy")
@@ -172,34 +179,174 @@ results.write_results("01_toy", balanced_softmax.make_config(profile), rows,
 """
 
 
-@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
-def test_interrupted_chapter_resumes_without_redoing_finished_runs(toy_root, signal_name):
+def _wait_until_gone(pid: int, timeout: float = 120.0) -> bool:
+    """Whether process ``pid`` has exited (or is a zombie) within ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _start_in_child(root: Path, sigint: str):
+    """Run the toy chapter in a new session whose SIGINT disposition is ``sigint`` (``ignored``:
+    as for a job started in the background by a non-interactive shell)."""
     import signal
     import subprocess
     import sys
-    import time
 
-    nbformat.write(_notebook(GRID_SOURCE), toy_root / "notebooks" / "01_toy.ipynb")
+    def preexec() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored" else signal.SIG_DFL)
+
     code = ("import sys; from pathlib import Path; from softmax_repro.pipeline import runner; "
             "root = Path(sys.argv[1]); runner.execute_chapter('01_toy', 'smoke', "
             "out_dir=root / 'book' / 'chapters', results_dir=root / 'results', root=root)")
+    return subprocess.Popen([sys.executable, "-c", code, str(root)], start_new_session=True,
+                            preexec_fn=preexec)
+
+
+@pytest.mark.parametrize(("signal_name", "parent_sigint"),
+                         [("SIGINT", "default"), ("SIGINT", "ignored"), ("SIGKILL", "default")])
+def test_interrupted_chapter_resumes_without_redoing_finished_runs(toy_root, signal_name,
+                                                                   parent_sigint):
+    import signal
+    import time
+
+    nbformat.write(_notebook(GRID_SOURCE), toy_root / "notebooks" / "01_toy.ipynb")
     log = toy_root / "results" / "executed_runs.txt"
     target = toy_root / "book" / "chapters" / "01_toy.ipynb"
     result = toy_root / "results" / "smoke" / "01_toy.json"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(toy_root)], start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log.exists() or len(log.read_text().split()) < 3):
-        time.sleep(0.2)
-    os.killpg(proc.pid, getattr(signal, signal_name))
-    proc.wait(timeout=60)
+    proc = _start_in_child(toy_root, parent_sigint)
+    try:
+        deadline = time.monotonic() + 300  # generous: a loaded machine starts kernels slowly
+        while time.monotonic() < deadline and (not log.exists()
+                                               or len(log.read_text().split()) < 3):
+            assert proc.poll() is None, "the chapter ended before it was interrupted"
+            time.sleep(0.2)
+        assert log.read_text().split() == ["0", "1", "2"]  # run 2 now waits at the gate
+        os.killpg(proc.pid, getattr(signal, signal_name))
+        proc.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the kernel too, whatever happened
     assert proc.returncode != 0
     assert not target.exists() and not result.exists()  # nothing looks complete
-    started_before = log.read_text().split()
+    # the kernel (a session of its own) exits once its runner is gone (ipykernel polls its
+    # parent every second); only then may the gated runs go on
+    kernel = int((toy_root / "results" / "kernel.pid").read_text())
+    assert _wait_until_gone(kernel), f"the kernel {kernel} outlived its runner"
+    (toy_root / "results" / "release").touch()  # where the notebook looks (see GRID_SOURCE)
     assert _execute(toy_root) is True
-    executed = log.read_text().split()
-    rerun = executed[len(started_before):]
-    finished_before = len(started_before) - 1  # the last started run was cut off
-    assert rerun == [str(s) for s in range(finished_before, 4)]
+    assert log.read_text().split() == ["0", "1", "2", "2", "3"]  # runs 0 and 1 were resumed
     rows = json.loads(result.read_text())["rows"]
     assert [r["value"] for r in rows] == [s / 7 for s in range(4)]
     assert not list((toy_root / "results" / ".checkpoints").rglob("*.json"))
+    assert not list((toy_root / "results").glob(".staging/*"))  # a killed run's folder too
+
+
+def _paths(root):
+    return root / "book" / "chapters" / "01_toy.ipynb", root / "results" / "smoke" / "01_toy.json"
+
+
+def test_published_notebook_names_the_stock_kernel_and_both_hashes(toy_root):
+    _execute(toy_root)
+    target, result = _paths(toy_root)
+    executed = json.loads(target.read_text())
+    assert executed["metadata"]["kernelspec"]["name"] == "python3"
+    assert runner.KERNEL_NAME not in json.dumps(executed["metadata"])
+    meta = executed["metadata"]["softmax_repro"]
+    assert meta["results_sha256"] == runner.sha256_bytes(result.read_bytes())
+    assert meta["cells_sha256"] == runner.cells_hash(executed["cells"])
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (target, result):  # readable like any file written here, not private
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("edit", ["output", "results"])
+def test_an_edited_output_or_results_file_is_stale(toy_root, edit):
+    assert _execute(toy_root) is True
+    target, result = _paths(toy_root)
+    if edit == "output":
+        nb = json.loads(target.read_text())
+        nb["cells"][-1]["outputs"][0]["text"] = ["done, and a number typed by hand: 0.99\n"]
+        target.write_text(json.dumps(nb))
+    else:
+        payload = json.loads(result.read_text())
+        payload["rows"][0]["value"] = 0.99
+        result.write_text(json.dumps(payload))
+    digest = runner.content_hash(toy_root / "notebooks" / "01_toy.ipynb", "smoke", "auto",
+                                 toy_root)
+    expected = {"output": "edited since it was published", "results": "does not match"}[edit]
+    assert expected in runner.staleness(target, result, digest)
+    assert _execute(toy_root) is True  # re-run, not "[up to date]"
+    assert runner.staleness(target, result, digest) is None
+
+
+def test_a_kill_between_the_two_renames_leaves_a_stale_pair(toy_root, monkeypatch):
+    assert _execute(toy_root) is True
+    target, result = _paths(toy_root)
+    real_replace = os.replace
+
+    def killed_before_the_notebook(src, dst):
+        if Path(dst) == target:
+            raise OSError("simulated kill between publishing the results and the notebook")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(runner.os, "replace", killed_before_the_notebook)
+    with pytest.raises(RuntimeError, match="could not publish"):
+        _execute(toy_root, force=True)
+    monkeypatch.undo()
+    assert not list(target.parent.glob(".*.tmp")) and not list(result.parent.glob(".*.tmp"))
+    assert not list((toy_root / "results").glob(".staging/*"))
+    digest = runner.content_hash(toy_root / "notebooks" / "01_toy.ipynb", "smoke", "auto",
+                                 toy_root)
+    assert "does not match" in runner.staleness(target, result, digest)
+    assert _execute(toy_root) is True  # the mismatched pair is re-run, never "[up to date]"
+
+
+def test_publishing_across_filesystems(toy_root):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(toy_root).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to publish the book into")
+    book = Path(tempfile.mkdtemp(prefix="book-", dir=shm))
+    try:
+        assert runner.execute_chapter("01_toy", "smoke", out_dir=book,
+                                      results_dir=toy_root / "results", root=toy_root) is True
+        assert (book / "01_toy.ipynb").exists() and _paths(toy_root)[1].exists()
+        assert not list(book.glob(".*.tmp")) and not list((toy_root / "results").glob(".staging*"))
+    finally:
+        shutil.rmtree(book, ignore_errors=True)
+
+
+def test_a_second_run_of_the_same_chapter_is_refused_while_one_runs(toy_root):
+    with runner.chapter_lock(toy_root / "results", "smoke", "01_toy"), \
+            pytest.raises(ConfigError, match=r"01_toy at profile=smoke is already running \(pid"):
+        _execute(toy_root, force=True)
+    assert _execute(toy_root) is True  # the lock is released with its holder
+
+
+def test_the_runner_and_the_training_loop_agree_on_the_checkpoint_variable():
+    from softmax_repro.engine.training import CHECKPOINT_ENV
+
+    assert runner.CHECKPOINT_ENV == CHECKPOINT_ENV
+
+
+def test_results_that_readers_would_reject_never_land(toy_root):
+    assert _execute(toy_root) is True
+    target, result = _paths(toy_root)
+    good_nb, good_result = target.read_bytes(), result.read_bytes()
+    nbformat.write(_notebook(GOOD_SOURCE.replace('"value": 1.0', '"value": float("nan")')),
+                   toy_root / "notebooks" / "01_toy.ipynb")
+    with pytest.raises(RuntimeError, match=r"cannot be published: .*row 0 .*not a finite number"):
+        _execute(toy_root)
+    assert target.read_bytes() == good_nb and result.read_bytes() == good_result
+    assert (toy_root / "failed" / "smoke" / "01_toy.ipynb").exists()  # the run is not lost
+    assert not list((toy_root / "results").glob(".staging/*"))

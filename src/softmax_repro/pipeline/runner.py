@@ -381,6 +381,13 @@ def publish(staging: Staging, *, digest: str, profile: str, device: str, target:
     if not produced.exists():
         raise RuntimeError(f"{staging.name} ran but wrote no results file {produced.name}; does "
                            "the notebook call run(config, results_dir=results_dir)?")
+    from softmax_repro.pipeline.results import read_results
+
+    try:  # the same checks every reader applies: a file that would be rejected never lands
+        read_results(produced, profile)
+    except ConfigError as error:
+        raise RuntimeError(f"{staging.name} wrote results that cannot be published: {error}") \
+            from None
     results_bytes = produced.read_bytes()
     nb = nbformat.read(staging.notebook, as_version=4)
     clean_outputs(nb)
@@ -464,8 +471,12 @@ def execute_chapter(
             publish(staging, digest=digest, profile=profile, device=device, target=target,
                     results=results, results_dir=results_dir, root=root,
                     wall_s=time.perf_counter() - start)
-        finally:
-            staging.remove()
+        except BaseException as error:
+            failed = capture_failure(staging, profile, root)  # the executed notebook is kept
+            if isinstance(error, RuntimeError):
+                raise RuntimeError(f"{error} (the executed notebook is {failed})") from error
+            raise
+        staging.remove()
         shutil.rmtree(checkpoints, ignore_errors=True)
     print(f"[done] {name} in {time.perf_counter() - start:.0f} s -> {target}", flush=True)
     return True
