@@ -409,3 +409,23 @@ def test_bench_reports_the_median_of_interleaved_rounds_and_flags_a_wide_spread(
     report = bench.report({"x": steady, "y": loaded}, 0.5, 3.0)
     assert report["flagged_too_wide"] == ["y"] and report["ratios"]["x"] == 1.0
     assert report["load_average_1min"] == {"before": 0.5, "after": 3.0}
+
+
+# --- NPROC > 1: the runner relaunches itself under torchrun -------------------------------------
+
+
+def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(runner.os, "execv", lambda exe, argv: calls.append(argv))
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(runner, "execute_chapter", lambda *a, **k: False)
+    monkeypatch.setenv("TORCHRUN_ARGS", "--standalone --max-restarts 0")
+    argv = ["execute", "--profile", "smoke", "--nproc", "2", "--name=01_balanced_softmax",
+            f"--results-dir={tmp_path}"]
+    runner.main(argv)
+    assert calls[0][1:] == ["-m", "torch.distributed.run", "--standalone", "--max-restarts", "0",
+                            "--nproc_per_node", "2", "-m", "softmax_repro.pipeline.runner",
+                            "execute", "--profile", "smoke", "--name=01_balanced_softmax",
+                            f"--results-dir={tmp_path}"]
+    assert runner.without_option(["--nproc=3", "--name", "2", "--nproc", "4"], "--nproc") == [
+        "--name", "2"]
