@@ -33,7 +33,9 @@ between a test embedding and its class's mean direction), ``min_mean_angle_deg``
 between two class-mean directions), ``margin_share`` (share of test points whose smallest
 hyperplane distance ``min_{j≠y} x̂ᵀ n_{yj}`` reaches ``hinge_margin``; class weights of the
 trained head), ``train_loss_last``, ``loss_drop_last_fifth`` (mean training loss of the epoch at
-four fifths of training minus that of the last epoch: a convergence check) and ``lr``.
+four fifths of training minus that of the last epoch), ``val_top1_moved_last_fifth``
+(|validation top-1 at the end − after four fifths of the steps|: the convergence check) and
+``lr``.
 """
 
 from __future__ import annotations
@@ -382,6 +384,23 @@ def train_spec(config: Config, lr: float, speed: bool) -> training.TrainSpec:
 # one run
 
 
+class ValidationProbe:
+    """``loss(embeddings, target)`` that also records ``score()`` once, just before the training
+    step ``at_step`` (0-based) computes its loss: the validation top-1 after four fifths of
+    training, for the convergence check. Scoring uses no randomness, so training is unchanged."""
+
+    def __init__(self, loss: nn.Module, at_step: int, score: Any) -> None:
+        self.loss, self.at_step, self.score = loss, at_step, score
+        self.calls = 0
+        self.value = float("nan")
+
+    def __call__(self, embeddings: Tensor, target: Tensor) -> Tensor:
+        if self.calls == self.at_step:
+            self.value = self.score()
+        self.calls += 1
+        return self.loss(embeddings, target)
+
+
 def feature_scores(loss: margins._HeadLoss, emb: Tensor, y: Tensor, config: Config,
                    angle_classes: int | None = None) -> dict[str, float]:
     """Accuracy and embedding geometry of test embeddings ``emb[N, D]`` with labels ``y[N]``.
@@ -416,16 +435,22 @@ def train_and_score(config: Config, part: str, method: str, lr: float, seed: int
         net = embedding_net(config, tuple(data.x_train.shape[1:]), dim,
                             batch_norm=part != "dsoftmax_classes")
     loss = make_loss(config, method, dim, num_classes, total_steps, seed).to(device)
-    log = training.fit_classifier(net, loss, data.x_train, data.y_train, spec, seed=seed,
+
+    def val_top1() -> float:
+        with torch.no_grad():
+            emb = training.predict(net, data.x_val, device=device).to(device)
+            return metrics.accuracy(loss.logits(emb).cpu(), data.y_val)
+
+    probe = ValidationProbe(loss, at_step=int(0.8 * total_steps), score=val_top1)
+    log = training.fit_classifier(net, probe, data.x_train, data.y_train, spec, seed=seed,
                                   device=device, params=[*net.parameters(), *loss.parameters()],
                                   data_parallel=False)
     loss.eval()
-    with torch.no_grad():
-        val_logits = loss.logits(training.predict(net, data.x_val, device=device).to(device))
     fifth = log.epoch_losses[max(0, math.ceil(0.8 * len(log.epoch_losses)) - 1)]
-    scores = {"val_top1": metrics.accuracy(val_logits.cpu(), data.y_val),
+    scores = {"val_top1": val_top1(),
               "train_loss_last": log.epoch_losses[-1],
               "loss_drop_last_fifth": fifth - log.epoch_losses[-1]}
+    scores["val_top1_moved_last_fifth"] = abs(scores["val_top1"] - probe.value)
     test_emb = training.predict(net, data.x_test, device=device).to(device)
     if speed:
         with torch.no_grad():
