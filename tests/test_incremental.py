@@ -257,6 +257,14 @@ def test_finetuning_within_budget_takes_as_many_steps_as_no_finetuning() -> None
         incremental_loop.within_budget_epochs(_schedule(epochs=2))
 
 
+def test_relative_loss_change_over_the_last_fifth() -> None:
+    losses = [2.0, 1.5, 1.2, 1.0, 0.9]  # four fifths of 5 epochs: epoch 4 (index 3)
+    assert incremental_loop.relative_change_last_fifth(losses) == pytest.approx(0.1)
+    assert math.isnan(incremental_loop.relative_change_last_fifth([1.0]))
+    log = _run("bsce_m5", _blobs(), inc.make_task_stream(6, 2, 2, order_seed=1))
+    assert 0.0 <= log.loss_change_last_fifth < 1.0
+
+
 def test_bsce_counts_in_the_loop_are_new_data_plus_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[int]] = []
     original = inc.step_loss

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_log_rows_summarise_the_log() -> None:
         new_accuracy=np.array([0.9, 0.8, 0.9]),
         task_accuracy=np.array([[0.9, nan, nan], [0.4, 0.8, nan], [0.3, 0.4, 0.9]]),
         train_s=np.array([1.0, 2.0, 3.0]), optimizer_steps=np.array([10, 20, 30]),
-        memory_size=np.array([4, 8, 12]))
+        memory_size=np.array([4, 8, 12]), loss_change_last_fifth=0.03)
     rows = pd.DataFrame(chapter.log_rows(log))
     value = rows.set_index(["metric", rows["step"].fillna(-1)])["value"]
     assert value[("avg_inc_acc", -1)] == pytest.approx(2.0 / 3)
@@ -91,6 +92,9 @@ def test_log_rows_summarise_the_log() -> None:
     assert value[("train_s_inc", -1)] == 5.0 and value[("opt_steps_inc", -1)] == 50
     assert ("acc_old", 0) not in value.index and value[("acc_old", 2)] == 0.3
     assert value[("memory", 1)] == 8
+    assert value[("loss_change_last_fifth", -1)] == 0.03
+    unknown = dataclasses.replace(log, loss_change_last_fifth=float("nan"))
+    assert "loss_change_last_fifth" not in set(pd.DataFrame(chapter.log_rows(unknown))["metric"])
 
 
 def test_tiny_run_writes_rows_that_the_claims_can_use(tmp_path: Path) -> None:

@@ -72,6 +72,9 @@ class IncrementalLog:
         train_s: wall seconds spent in training stages (fine-tuning included) ``[T]``.
         optimizer_steps: optimizer steps taken (fine-tuning included) ``[T]``.
         memory_size: exemplars in memory after the task ``[T]``.
+        loss_change_last_fifth: relative change of the mean training loss of the last task's
+            main stage between the epoch at four fifths of it and its last epoch,
+            ``|L_end − L_4/5| / L_4/5`` (a convergence check; NaN with fewer than two epochs).
     """
 
     step_accuracy: np.ndarray
@@ -81,6 +84,7 @@ class IncrementalLog:
     train_s: np.ndarray
     optimizer_steps: np.ndarray
     memory_size: np.ndarray
+    loss_change_last_fifth: float = float("nan")
 
     @property
     def average_incremental_accuracy(self) -> float:
@@ -165,6 +169,15 @@ def _update_memory(memory: ExemplarMemory, model: nn.Module, x: Tensor, y: Tenso
         memory.store(cls, members[chosen])
 
 
+def relative_change_last_fifth(epoch_losses: list[float]) -> float:
+    """``|L_end − L_k| / L_k`` with ``L_k`` the mean loss of the epoch at four fifths of training
+    (epoch ``max(0, ⌊4E/5⌋ − 1)`` of ``E``); NaN with fewer than two epochs."""
+    if len(epoch_losses) < 2:
+        return float("nan")
+    at = epoch_losses[max(0, (4 * len(epoch_losses)) // 5 - 1)]
+    return abs(epoch_losses[-1] - at) / abs(at) if at else float("nan")
+
+
 def within_budget_epochs(schedule: Schedule) -> int:
     """Epochs of an incremental step whose fine-tuning stage (``budget_finetune``) comes out of the
     step's budget: ``step.epochs − budget_finetune.epochs`` (both stages use the step's batch size,
@@ -222,6 +235,7 @@ def run_incremental(model: nn.Module, data: Split, stream: TaskStream, learner: 
         if learner.finetune_within_budget and task > 0:
             spec = dataclasses.replace(spec, epochs=within_budget_epochs(schedule))
         logs = [_fit_step(model, compute, x, y, spec, batch_gen, device)]
+        loss_change = relative_change_last_fifth(logs[0].epoch_losses)
         if learner.balanced_finetune and task > 0:
             finetune = (schedule.budget_finetune or schedule.finetune) \
                 if learner.finetune_within_budget else schedule.finetune
@@ -244,4 +258,5 @@ def run_incremental(model: nn.Module, data: Split, stream: TaskStream, learner: 
         task_acc[task, : task + 1] = per_task
         old_model = copy.deepcopy(model).eval().requires_grad_(False)
     return IncrementalLog(np.array(step_acc), np.array(old_acc), np.array(new_acc), task_acc,
-                          np.array(train_s), np.array(opt_steps), np.array(mem_size))
+                          np.array(train_s), np.array(opt_steps), np.array(mem_size),
+                          loss_change)

@@ -216,8 +216,10 @@ def log_rows(log: incremental_loop.IncrementalLog) -> list[dict[str, Any]]:
         "final_acc": float(log.step_accuracy[-1]),
         "train_s_inc": float(log.train_s[1:].sum()),
         "opt_steps_inc": float(log.optimizer_steps[1:].sum()),
+        "loss_change_last_fifth": log.loss_change_last_fifth,
     }
-    rows += [{"metric": k, "value": float(v)} for k, v in summary.items()]
+    rows += [{"metric": k, "value": float(v)} for k, v in summary.items()
+             if not math.isnan(float(v))]
     return rows
 
 
