@@ -139,14 +139,14 @@ class Config(BaseConfig):
     syn_polysemous_fraction: float = 0.3
     syn_max_senses: int = 4
     syn_branching: int = 3
-    syn_train_tokens: int = 60_000
+    syn_train_tokens: int = 50_000
     syn_valid_tokens: int = 5_000
     syn_test_tokens: int = 10_000
     syn_hidden: int = 16
     syn_epochs: int = 8
     cell: str = "lstm"
     batch_size: int = 64
-    bptt: int = 20
+    bptt: int = 10
     lr: float = 1e-2
     curve_points: int = 5
     senses_per_word: int = 2
