@@ -141,7 +141,7 @@ METHOD_COLORS: dict[str, str] = {
     "reinforce": GREY,
     "reinforce_loo": BASELINE,
     "gumbel_softmax": ORANGE,
-    "independent_bernoulli": SKY,
+    "independent_bernoulli": GREEN,
     "topk_sst": BLUE,
     "gumbel_max": YELLOW,
     "admm": BLUE,
