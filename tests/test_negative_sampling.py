@@ -192,6 +192,18 @@ def test_profiles_build_and_cpu_has_enough_labels_and_seeds():
     assert chapter.make_config("paper").num_labels >= cpu.num_labels
 
 
+def test_adaptive_head_log_probabilities_sum_to_one_and_match_its_nll():
+    from softmax_repro.methods.heads import AdaptiveSoftmaxHead
+
+    torch.manual_seed(0)
+    head = AdaptiveSoftmaxHead(8, 50, chapter.lm_cutoffs(chapter.make_config("smoke"), 50))
+    h, target = torch.randn(6, 8), torch.randint(50, (6,))
+    log_p = head(h)
+    assert torch.allclose(log_p.exp().sum(dim=1), torch.ones(6), atol=1e-5)
+    assert torch.allclose(head.nll(h, target), -log_p.gather(1, target[:, None]).squeeze(1),
+                          atol=1e-5)
+
+
 def test_time_to_target_censors_a_run_that_never_reaches_it():
     run = chapter.SampledRun(torch.zeros(1), torch.zeros(1), [1, 2], [1.0, 2.0], [0.1, 0.3])
     assert chapter.time_to_target(run, 0.2) == (2.0, True)

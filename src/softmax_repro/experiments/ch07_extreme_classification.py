@@ -645,3 +645,33 @@ def speedup_frame(rows: pd.DataFrame) -> pd.DataFrame:
                         "reached": bool(reached.loc[seed, method])})
     return pd.DataFrame(out)
 
+
+
+def per_seed(rows: pd.DataFrame, part: str, metric: str, method: str) -> pd.Series:
+    """``value`` of ``metric`` for ``method`` in ``part``, indexed by seed."""
+    sel = rows[(rows["part"] == part) & (rows["metric"] == metric) & (rows["method"] == method)]
+    return sel.set_index("seed")["value"].sort_index()
+
+
+def discussion_values(rows: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per-seed numbers the chapter's Discussion quotes (each a Series over seeds)."""
+    speed = speedup_frame(rows)
+    out = {f"speedup_{m}": speed[speed["method"] == m].set_index("seed")["speedup"]
+           for m in TREE_SPLIT}
+    top1 = {m: per_seed(rows, "negatives", "top1", m)
+            for m in ("adversarial", "uniform", "frequency", "nce", "tree", "unigram",
+                      "adversarial_uncorrected")}
+    for m in ("uniform", "frequency", "nce", "tree", "unigram", "adversarial_uncorrected"):
+        out[f"gain_over_{m}"] = (top1["adversarial"] - top1[m]).dropna()
+    out["top1_adversarial"] = top1["adversarial"]
+    out["top1_uniform"] = top1["uniform"]
+    out["tree_fit_s"] = per_seed(rows, "negatives", "tree_fit_s", "tree")
+    log_speed = (per_seed(rows, "adaptive", "log10_tokens_per_s", "adaptive")
+                 - per_seed(rows, "adaptive", "log10_tokens_per_s", "full_softmax"))
+    out["adaptive_speedup"] = 10**log_speed
+    out["ppl_adaptive"] = per_seed(rows, "adaptive", "ppl", "adaptive")
+    out["ppl_full"] = per_seed(rows, "adaptive", "ppl", "full_softmax")
+    for metric in ("multimodal_recall@5", "unimodal_recall@5", "p@5"):
+        out[f"overlap_gain_{metric}"] = (per_seed(rows, "clusters", metric, "xr_overlap")
+                                         - per_seed(rows, "clusters", metric, "xr_base"))
+    return out
