@@ -258,12 +258,12 @@ def test_paper_comparison_puts_published_numbers_beside_ours() -> None:
                 "value": v} for s, (m, v) in enumerate([("softmax", 0.70), ("softmax", 0.72),
                                                          ("balanced_softmax", 0.80),
                                                          ("balanced_softmax", 0.80)])]
-    table = bs.paper_comparison(pd.DataFrame(records), "m-lt")
+    table = bs.paper_comparison(pd.DataFrame(records), "m-lt").set_index("method")
     assert list(table.columns) == ["paper IF 100", "ours IF 100"]
     assert table.loc["softmax", "paper IF 100"] == 77.4
     assert table.loc["balanced_softmax", "paper IF 100"] == 83.1
-    assert table.loc["balanced_softmax", "ours IF 100"] == "80.0 ± 0.0"
-    assert table.loc["softmax", "ours IF 100"].startswith("71.0 ± 12.7")  # t(0.975, 1)·0.01
+    assert table.loc["balanced_softmax", "ours IF 100"] == "80.0 [80.0, 80.0]"
+    assert table.loc["softmax", "ours IF 100"] == "71.0 [58.3, 83.7]"  # 71 ± t(0.975, 1)·1
 
 
 @pytest.mark.skipif(not (DEFAULT_ROOT / "train-images-idx3-ubyte.gz").is_file(),

@@ -70,7 +70,7 @@ from softmax_repro.engine import training
 from softmax_repro.engine.models import CNN1D, MLP, ResNetCifar
 from softmax_repro.engine.timing import PhaseTimer
 from softmax_repro.methods import bayes_posterior, incremental, losses, meta_sampler
-from softmax_repro.pipeline import results
+from softmax_repro.pipeline import results, tables
 
 CHAPTER = "01_balanced_softmax"
 DATASETS = ("mnist1d", "digits", "fashion_mnist", "cifar10", "cifar100")
@@ -626,8 +626,9 @@ def derived_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
 
 def paper_comparison(rows: pd.DataFrame, dataset: str, paper: str = "CIFAR-10-LT",
                      ) -> pd.DataFrame:
-    """Top-1 (%) per method: the paper's value on ``paper`` beside ours (mean ± 95% CI half-width
-    over seeds) on ``dataset``, for each imbalance factor of the paper that we ran."""
+    """Top-1 (%) per method: the paper's value on ``paper`` beside ours (mean [95% CI] over seeds,
+    the book's format) on ``dataset``, for each imbalance factor of the paper that we ran; one row
+    per method (column ``method``), ``None`` where there is no number."""
     top1 = rows[(rows["metric"] == "top1") & (rows["dataset"] == dataset)]
     table = metrics.summarize(top1, ["method", "imbalance"])
     ran = [f for f in PAPER_IMBALANCES if f in set(table["imbalance"])]
@@ -637,13 +638,13 @@ def paper_comparison(rows: pd.DataFrame, dataset: str, paper: str = "CIFAR-10-LT
         for factor in ran:
             published = PAPER_TOP1[paper].get(method)
             record[f"paper IF {factor}"] = (published[PAPER_IMBALANCES.index(factor)]
-                                            if published else float("nan"))
+                                            if published else None)
             hit = table[(table["method"] == method) & (table["imbalance"] == factor)]
             record[f"ours IF {factor}"] = (
-                metrics.format_ci(*hit[["mean", "ci_low", "ci_high"]].iloc[0], scale=100)
-                if len(hit) else "")
+                tables.format_ci(*hit[["mean", "ci_low", "ci_high"]].iloc[0], digits=1, scale=100)
+                if len(hit) else None)
         records.append(record)
-    return pd.DataFrame.from_records(records).set_index("method")
+    return pd.DataFrame.from_records(records)
 
 
 def probe_table(rows: pd.DataFrame, config: Config) -> pd.DataFrame:
