@@ -140,11 +140,11 @@ class Config(BaseConfig):
     difficulty_lr: float = 0.1
     ece_bins: int = 15
     normalisers: tuple[str, ...] = att.NORMALISERS
-    scales: tuple[float, ...] = (1.0, 8.0, 64.0)
+    scales: tuple[float, ...] = (1.0, 64.0)
     patch: int = 5
     att_dim: int = 32
     att_depth: int = 1
-    att_epochs: int = 8
+    att_epochs: int = 12
     att_batch_size: int = 128
     att_lr: float = 3e-3
     probe_size: int = 500
