@@ -53,8 +53,8 @@ def test_overlap_gives_each_label_its_own_cluster_plus_at_most_one_more(fitted):
 
 def test_overlap_reaches_the_second_mode_of_planted_labels():
     gains = []
-    for seed in range(3):
-        train, test = planted_multilabel(600, 300, seed=seed, **SIZES)
+    for seed in range(2):
+        train, test = planted_multilabel(400, 200, seed=seed, **SIZES)
         clusters = lc.spherical_kmeans(lc.pifa_embeddings(train.x, train.y.float()), 6, 10, seed)
         base = lc.fit_partition_model(train.x, train.y, lc.base_assignment(clusters), 6, 1.0)
         overlap = lc.fit_partition_model(
