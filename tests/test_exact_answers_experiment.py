@@ -90,7 +90,7 @@ def test_same_seed_gives_identical_rows():
 
 
 def test_tiny_run_satisfies_every_claim_test(tmp_path):
-    config = chapter.make_config("smoke", seeds=[0, 1], overrides=TINY)
+    config = chapter.make_config("smoke", seeds=[0], overrides=TINY)
     result = chapter.run(config, results_dir=str(tmp_path))
     rows = result.rows
     assert set(rows["part"]) == set(chapter.PARTS)
@@ -104,7 +104,7 @@ def test_tiny_run_satisfies_every_claim_test(tmp_path):
     trace = rows[(rows["part"] == "admm") & (rows["selection"] == "trace")]
     assert set(trace["method"]) == set(chapter.SOLVERS)
     equal = chapter.at_equal_time(rows, seconds=1e9)
-    assert len(equal) == len(chapter.SOLVERS) * 2 and equal["rel_gap"].notna().all()
+    assert len(equal) == len(chapter.SOLVERS) and equal["rel_gap"].notna().all()
 
 
 def test_paper_profile_code_path_at_tiny_size(tmp_path):
