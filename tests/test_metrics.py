@@ -39,11 +39,6 @@ def test_paired_difference_removes_shared_seed_effect():
         metrics.paired_difference_ci([1, 2], [1])
 
 
-def test_shot_groups_split_by_count():
-    groups = metrics.shot_groups([500, 100, 50, 19, 5], many=100, few=20)
-    assert groups == {"many": [0], "medium": [1, 2], "few": [3, 4]}
-
-
 def test_summarize_per_group():
     rows = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3, "value": [1, 2, 3, 5, 5, 5]})
     table = metrics.summarize(rows, ["method"]).set_index("method")

@@ -116,6 +116,18 @@ def test_claim_combination_rules():
     assert claims.combine([o("inconclusive"), o("inconclusive")]) == "inconclusive"
 
 
+def test_an_unpinned_claim_is_inconclusive_for_its_stated_reason_whatever_its_tests_show():
+    entry = {"id": "x-claim", "paper": "x", "chapter": "c", "claim": "A ~ B", "rule": "a ~ b",
+             "unpinned": "the paper's comparator is not stated", "tests": [_test()]}
+    claim = claims.parse_claims([entry])[0]
+    verdict = claims.evaluate_claim(claim, _rows(TIGHT_UP))
+    assert verdict.verdict == "inconclusive"
+    assert verdict.reason == "protocol not pinned: the paper's comparator is not stated"
+    assert (verdict.outcomes[0].outcome, verdict.outcomes[0].reason) == (
+        "inconclusive", "protocol not pinned")
+    assert verdict.outcomes[0].mean == pytest.approx(0.05)  # still measured and shown
+
+
 # --------------------------------------------------------------------------- non-inferiority
 
 MARGIN = {"value": 0.01, "source": "paper Table 5: the largest gap it calls comparable"}

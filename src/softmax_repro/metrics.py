@@ -37,21 +37,6 @@ def per_class_accuracy(logits: Tensor, target: Tensor, num_classes: int) -> np.n
         return hits / totals
 
 
-def shot_groups(train_counts: Sequence[int], many: int, few: int) -> dict[str, list[int]]:
-    """Classes split by training count: many (> ``many``), few (< ``few``), medium (the rest).
-
-    Follows the convention of Liu et al. 2019 (ImageNet-LT: many > 100, few < 20), with
-    thresholds chosen per dataset.
-    """
-    if few > many:
-        raise ValueError(f"few={few} must be <= many={many}")
-    groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
-    for cls, count in enumerate(train_counts):
-        key = "many" if count > many else "few" if count < few else "medium"
-        groups[key].append(cls)
-    return groups
-
-
 def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
     """Mean and two-sided Student-t confidence interval ``(mean, low, high)``.
 

@@ -17,9 +17,11 @@ Outcome of a test (:data:`OUTCOMES`):
 
 - **passed**: the whole interval lies beyond the threshold in the test's direction;
 - **contradicted**: the whole interval lies on the wrong side of the threshold;
-- **inconclusive**, with a reason: *baseline unhealthy* (a health check of the compared models
-  failed; checked first, so an unhealthy comparison never passes or contradicts), *underpowered*
-  (the minimum detectable effect at 95% confidence and 80% power exceeds the test's
+- **inconclusive**, with a reason: *protocol not pinned* (the claim's ``unpinned`` says why the
+  sources available do not fix the method or protocol the paper tested; its tests are still run
+  and shown, but cannot pass or contradict), *baseline unhealthy* (a health check of the
+  compared models failed; checked first, so an unhealthy comparison never passes or contradicts),
+  *underpowered* (the minimum detectable effect at 95% confidence and 80% power exceeds the test's
   ``effect_of_interest``; :attr:`TestOutcome.seeds_needed` says how many seeds would do), or
   *straddles* (the interval contains the threshold although the test had the power).
 
@@ -65,9 +67,10 @@ VERDICTS = (
     "no results",
 )
 UNDERPOWERED, UNHEALTHY, STRADDLES = "underpowered", "baseline unhealthy", "straddles"
+UNPINNED = "protocol not pinned"
 CLAIM_KEYS = {
     "id", "paper", "chapter", "claim", "where", "paper_values", "rule", "tests", "health",
-    "not_attempted", "notes", "revisions",
+    "not_attempted", "notes", "revisions", "unpinned",
 }
 TEST_KEYS = {
     "label", "kind", "metric", "where", "a", "b", "direction", "threshold", "margin",
@@ -158,6 +161,7 @@ class Claim:
     not_attempted: str | None
     health: tuple[HealthCheck, ...] = ()
     revisions: tuple[Mapping[str, str], ...] = ()
+    unpinned: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,6 +399,7 @@ def parse_claims(entries: Any) -> list[Claim]:
                 not_attempted=entry.get("not_attempted"),
                 health=health,
                 revisions=_parse_revisions(entry, entry.get("revisions")),
+                unpinned=str(entry["unpinned"]).strip() if entry.get("unpinned") else None,
             )
         )
     return claims
@@ -633,7 +638,11 @@ def evaluate_claim(claim: Claim, rows: pd.DataFrame | None, strict: bool = False
             if strict:
                 raise RowsMismatch(f"claim {claim.id!r}: {message}")
             return Verdict(claim, "no results", (), message)
+        if claim.unpinned and outcome.outcome != "inconclusive":
+            outcome = dataclasses.replace(outcome, outcome="inconclusive", reason=UNPINNED)
         outcomes.append(outcome)
+    if claim.unpinned:
+        return Verdict(claim, "inconclusive", tuple(outcomes), f"{UNPINNED}: {claim.unpinned}")
     return Verdict(claim, combine(outcomes), tuple(outcomes))
 
 
