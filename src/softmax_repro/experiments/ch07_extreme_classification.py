@@ -134,7 +134,7 @@ class Config(BaseConfig):
     steps: int = 1_500
     eval_every: int = 150
     reg: float = 1e-3
-    lr_grid: tuple[float, ...] = (0.01, 0.03, 0.1)
+    lr_grid: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
     tune_steps: int = 600
     tune_seed: int = 1_000
     pca_dim: int = 16
