@@ -131,13 +131,14 @@ def served(smoke_book):
     server.shutdown()
 
 
-def _dump_dom(url: str) -> str:
+def _dump_dom(url: str, window: str = "800,600") -> str:
     profile = tempfile.mkdtemp(prefix="chromium-")
     try:
         done = subprocess.run(
             [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=3000",
+             f"--window-size={window}",
              # offline: every host but the local server fails to resolve
              "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
              "--dump-dom", url], capture_output=True, text=True, timeout=90)
@@ -197,3 +198,198 @@ def test_smoke_numbers_are_bit_identical_across_processes(chapter, smoke_book, t
     ours = without_timings(module.run(config, results_dir=str(tmp_path)).rows)
     theirs = without_timings(read_results(smoke_book["results"] / "smoke" / f"{chapter}.json")[0])
     assert len(ours) > 0 and ours.equals(theirs), f"{chapter}: smoke numbers differ between runs"
+
+
+# ---- the reader's page (issue 15): what every page of the smoke book shows in Chromium --------
+
+# Injected into a copy of each page: after MathJax has typeset, list the elements of the article
+# that reach past its right edge without a scrolling box around them, and whether the page
+# itself scrolls sideways.
+_LAYOUT_SCRIPT = """<script>
+window.addEventListener('load', () => {
+  const report = () => {
+    const article = document.querySelector('.bd-article') || document.body;
+    const limit = article.getBoundingClientRect().right + 1;
+    const clipped = [];
+    for (const el of article.querySelectorAll('*')) {
+      const box = el.getBoundingClientRect();
+      if (box.width === 0 || box.right <= limit) continue;
+      if (el.closest('mjx-assistive-mml, a.headerlink')) continue;  // hidden until hovered
+      // fine inside a box that scrolls sideways; clipped inside one that hides the overflow,
+      // or when nothing contains it (MathJax's hidden MathML copy and heading links left out)
+      let parent = el.parentElement, scrolls = false;
+      while (parent && parent !== article) {  // the article's own scrolling does not count
+        const overflow = getComputedStyle(parent).overflowX;
+        if (overflow !== 'visible') {
+          scrolls = overflow === 'auto' || overflow === 'scroll';
+          break;
+        }
+        parent = parent.parentElement;
+      }
+      if (!scrolls) clipped.push(el.tagName + ' ' + (el.textContent || '').trim().slice(0, 60));
+    }
+    const out = document.createElement('pre');
+    out.id = 'layout-report';
+    out.textContent = JSON.stringify({clipped: clipped.slice(0, 10),
+      page_scrolls: document.documentElement.scrollWidth > window.innerWidth + 1});
+    document.body.appendChild(out);
+  };
+  const typeset = window.MathJax && MathJax.startup && MathJax.startup.promise;
+  (typeset || Promise.resolve()).then(() => setTimeout(report, 100));
+});
+</script>"""
+
+
+def _book_pages(html: Path) -> list[Path]:
+    skip = {"genindex.html", "search.html", "index.html"}  # index.html only redirects
+    return sorted(p for p in html.rglob("*.html") if p.name not in skip and not p.name.startswith(
+        "_") and not any(part.startswith("_") for part in p.relative_to(html).parts[:-1])
+        and not p.name.endswith(".layout.html"))
+
+
+@pytest.fixture(scope="module")
+def rendered(smoke_book, served):
+    """Every page of the smoke book as Chromium renders it: {relative path: DOM}."""
+    if _chromium() is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    html = smoke_book["book"] / "_build" / "html"
+    doms = {}
+    for page in _book_pages(html):
+        copy = page.with_name(page.stem + ".layout.html")
+        copy.write_text(page.read_text().replace("</body>", _LAYOUT_SCRIPT + "</body>"))
+        doms[page.relative_to(html).as_posix()] = _dump_dom(
+            f"{served}/{copy.relative_to(html).as_posix()}", window="1280,1024")
+    return doms
+
+
+def _text(dom: str, code: bool = True) -> str:
+    """The visible text of a DOM dump (no scripts, styles or tags); ``code=False`` also drops
+    source code (notebook inputs and code blocks), keeping prose, tables and cell outputs."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+    if not code:
+        dom = re.sub(r'<div class="highlight-(?!myst-ansi)[^"]*"><div class="highlight">'
+                     r"<pre[^>]*>.*?</pre>", " ", dom, flags=re.S)
+        dom = re.sub(r"<code\b[^>]*>.*?</code>", " ", dom, flags=re.S)
+    return re.sub(r"<[^>]+>", " ", dom)
+
+
+_PROGRESS = re.compile(r"\d+%\|[^|]*\|\s*\d+/\d+|\d+(?:\.\d+)?(?:it|s)/(?:s|it)\]|█|"
+                       r"Executing:\s+\d+%")
+
+
+def _context(pattern: str, text: str) -> str | None:
+    """The first match of ``pattern`` in ``text`` with 60 characters around it, or None."""
+    found = re.search(pattern, text)
+    return None if found is None else " ".join(
+        text[max(0, found.start() - 60):found.end() + 60].split())
+
+
+def test_no_progress_bars_nan_reprs_or_unresolved_glue_on_any_page(rendered):
+    for name, dom in rendered.items():
+        text = _text(dom)
+        assert _context(_PROGRESS.pattern, text) is None, \
+            f"{name} shows progress-bar text: {_context(_PROGRESS.pattern, text)}"
+        prose = _text(dom, code=False).replace("None of", "")  # outputs, tables and prose
+        for what, pattern in (("NaN", r"\bNaN\b|\bnan\b"), ("a raw glue reference", r"\{glue"),
+                              ("a Config repr", r"\bConfig\("), ("None", r"\bNone\b")):
+            assert _context(pattern, prose) is None, f"{name} shows {what}: " \
+                f"{_context(pattern, prose)}"
+
+
+def test_nothing_is_clipped_wider_than_the_page(rendered):
+    for name, dom in rendered.items():
+        found = re.search(r'<pre id="layout-report"[^>]*>(.*?)</pre>', dom, flags=re.S)
+        assert found, f"{name}: the layout report did not run"
+        layout = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&")
+                            .replace("&lt;", "<").replace("&gt;", ">"))
+        assert not layout["clipped"], f"{name}: wider than the page: {layout['clipped']}"
+        assert not layout["page_scrolls"], f"{name}: the page scrolls sideways"
+
+
+class _Figures(HTMLParser):
+    """Images of the article, whether each sits in a <figure> with a caption, and alt texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_article = 0
+        self.figure_depth = 0
+        self.caption_text: list[str] = []
+        self.in_caption = 0
+        self.loose_images: list[str] = []
+        self.no_alt: list[str] = []
+        self.uncaptioned = 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "article" and "bd-article" in (attrs.get("class") or ""):
+            self.in_article += 1
+        if not self.in_article:
+            return
+        if tag == "figure":
+            self.figure_depth += 1
+            self.caption_text = []
+        elif tag == "figcaption":
+            self.in_caption += 1
+        elif tag == "img":
+            if not self.figure_depth:
+                self.loose_images.append(attrs.get("src", "")[:60])
+            if not (attrs.get("alt") or "").strip():
+                self.no_alt.append(attrs.get("src", "")[:60])
+
+    def handle_endtag(self, tag):
+        if tag == "article" and self.in_article:
+            self.in_article -= 1
+        elif tag == "figcaption" and self.in_caption:
+            self.in_caption -= 1
+        elif tag == "figure" and self.figure_depth:
+            self.figure_depth -= 1
+            if not "".join(self.caption_text).strip():
+                self.uncaptioned += 1
+
+    def handle_data(self, data):
+        if self.in_caption:
+            self.caption_text.append(data)
+
+
+def test_every_figure_is_numbered_captioned_and_has_alt_text(rendered):
+    for name, dom in rendered.items():
+        figures = _Figures()
+        figures.feed(dom)
+        assert not figures.loose_images, f"{name}: images outside a captioned figure " \
+            f"(use page.glue_figure + {{glue:figure}}): {figures.loose_images}"
+        assert not figures.uncaptioned, f"{name}: {figures.uncaptioned} figure(s) without caption"
+        assert not figures.no_alt, f"{name}: images without alt text: {figures.no_alt}"
+        if name.startswith("chapters/"):
+            assert re.search(r'class="caption-number">\s*Fig\. \d', dom), \
+                f"{name}: figures carry no number"
+
+
+def test_chapters_show_verdicts_before_any_code_output(rendered):
+    for name in chapter_names():
+        dom = rendered[f"chapters/{name}.html"]
+        box = dom.find('verdict-box admonition"')
+        output = dom.find('class="cell_output')
+        assert box != -1, f"{name} has no verdict box"
+        assert output == -1 or box < output, f"{name} shows code output before its verdicts"
+        assert re.search(rf"make\s+chapter\s+NAME\s*=\s*{name}", _text(dom)), \
+            f"{name} shows no re-run command"
+        assert "tag_injected-parameters" not in dom, f"{name} renders papermill's parameters"
+
+
+def test_every_ledger_and_headline_link_resolves_to_an_anchor(smoke_book):
+    html = smoke_book["book"] / "_build" / "html"
+    checked = 0
+    for page in (html / "ledger.html", html / "intro.html", html / "status.html"):
+        parser = _Links()
+        parser.feed(page.read_text())
+        for ref in parser.hrefs:
+            parts = urlsplit(ref)
+            if parts.scheme or not parts.fragment or ref.startswith("//"):
+                continue
+            target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+            anchor = unquote(parts.fragment)
+            assert target.exists(), f"{page.name} links to missing {ref}"
+            assert f'id="{anchor}"' in target.read_text(), f"{page.name}: no anchor for {ref}"
+            checked += 1
+    ledger = (html / "ledger.html").read_text()
+    assert checked and "#claim-" in ledger, "the ledger links no claim section"
