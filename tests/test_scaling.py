@@ -106,9 +106,11 @@ def test_work_formulas_on_hand_made_configs():
     smoke = balanced_softmax.make_config("smoke", seeds=(0,))
     longer = balanced_softmax.make_config("smoke", seeds=(0, 1, 2),
                                           overrides={"steps": 300, "batch_size": 64})
-    # MNIST-1D: 3 imbalance factors × 7 end-to-end methods per seed
-    assert scaling._bs_image(smoke) == 21 * 30 * 128
-    assert scaling._bs_image(longer) == pytest.approx(scaling._bs_image(smoke) * 3 * 10 * 0.5)
+    # MNIST-1D per seed: 3 methods at IF 10 and 200, 7 end-to-end methods at IF 100 (the
+    # table-only ones run there alone), and the testbed probe's 3 variants × 2 methods
+    assert scaling._bs_image(smoke) == (3 + 3 + 7 + 3 * 2) * 30 * 128
+    # the main runs scale with the seeds, the probe keeps its own seeds (one at smoke)
+    assert scaling._bs_image(longer) == (13 * 3 + 3 * 2) * 300 * 64
     corpus = kerbs.make_config("smoke", seeds=(0, 1, 2, 3))  # corpus_num_seeds = 1
     assert scaling._kerbs_corpus(corpus) == 4 * 6000 * 1
     assert scaling._kerbs_synthetic(corpus) == 4 * 6 * 6000 * 2
