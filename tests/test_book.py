@@ -1,6 +1,9 @@
 """End to end: every notebook executed at the smoke profile through `make book`, the book built
 with warnings as errors, a second `make book` executing nothing, and the HTML opened in headless
-Chromium (pages load, figures present, no broken internal links)."""
+Chromium (pages load, figures present, no broken internal links). The reader's page (issue 15),
+on every page: no progress-bar text, NaN, None, Config repr or unresolved glue; nothing wider than
+the page; every figure numbered, captioned, with alt text; each chapter's verdicts and re-run
+command before any code output; every ledger and headline link resolving to an anchor."""
 
 import http.server
 import json
