@@ -111,9 +111,12 @@ def test_work_formulas_on_hand_made_configs():
     assert scaling._bs_image(smoke) == (3 + 3 + 7 + 3 * 2) * 30 * 128
     # the main runs scale with the seeds, the probe keeps its own seeds (one at smoke)
     assert scaling._bs_image(longer) == (13 * 3 + 3 * 2) * 300 * 64
-    corpus = kerbs.make_config("smoke", seeds=(0, 1, 2, 3))  # corpus_num_seeds = 1
-    assert scaling._kerbs_corpus(corpus) == 4 * 6000 * 1
-    assert scaling._kerbs_synthetic(corpus) == 4 * 6 * 6000 * 2
+    corpus = kerbs.make_config("smoke", seeds=(0, 1, 2, 3))
+    # corpus: min(corpus_num_seeds, seeds) × corpus methods × tokens × epochs
+    assert scaling._kerbs_corpus(corpus) == (
+        min(corpus.corpus_num_seeds, 4) * len(corpus.corpus_methods) * 6000 * corpus.corpus_epochs
+    )
+    assert scaling._kerbs_synthetic(corpus) == 4 * len(corpus.synthetic_methods) * 6000 * 2
     mi = mutual_information.make_config("smoke", seeds=(0, 1))
     assert scaling._mi_localisation(mi) == 2 * 200 * 32 ** 2 * 1
     cub = SimpleNamespace(seeds=(0, 1, 2), loc_dataset="cub200", loc_image_size=224,
