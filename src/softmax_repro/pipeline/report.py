@@ -113,12 +113,11 @@ def _health_lines(verdict: claims_mod.Verdict) -> list[str]:
         return []
     lines = ["**Health checks** of the compared models (mean over seeds):", ""]
     for h in seen.values():
-        sign = "<" if h.check.direction == "less" else ">"
         lines.append(
             f"- {inline_math(h.check.label)}: {inline_math(claims_mod.test_description(h.check))}"
-            f" — ours {tables.format_number(h.mean)} over {h.n} → "
-            f"**{'healthy' if h.healthy else 'unhealthy'}** (needs {sign} "
-            f"{tables.format_number(h.check.threshold)}; {inline_math(h.check.source)})")
+            f" — ours {tables.format_number(h.mean)} over {h.n} values → "
+            f"**{'healthy' if h.healthy else 'unhealthy'}** (threshold: "
+            f"{inline_math(h.check.source)})")
     return [*lines, ""]
 
 
@@ -144,8 +143,9 @@ def ledger_markdown(
     for paper, items in by_paper.items():
         lines += [f"## {{cite:t}}`{paper}`\n"]
         records = [{"claim": f"{{ref}}`{v.claim.id} <ledger-{v.claim.id}>`",
-                    "statement": inline_math(v.claim.claim), "verdict": f"**{v.verdict}**",
-                    "tests": _outcome_counts(v), "in the chapter": _chapter_link(v, chapters)}
+                    "verdict": f"**{v.verdict}**", "tests": _outcome_counts(v),
+                    "in the chapter": _chapter_link(v, chapters),
+                    "statement": inline_math(v.claim.claim)}
                    for v in items]
         lines.append(tables.markdown_table(records))
         for v in items:
