@@ -4,7 +4,8 @@ Every number in a chapter's prose reaches the page through myst-nb ``glue`` from
 ``glue_*`` helpers here, all with ``display=False``, all in the book's one number format from
 :mod:`softmax_repro.pipeline.tables`); verdicts, the test table and the paper's numbers come from
 ``data/claims/`` through :mod:`softmax_repro.pipeline.claims`. Nothing on the page is typed from a
-result: ``tests/test_book.py`` rejects result-like numbers typed into markdown cells.
+result: ``tests/test_page.py`` rejects result-like numbers typed into a chapter's markdown cells
+(:func:`typed_numbers` lists the allow-list) and lines MyST would drop (:func:`comment_lines`).
 
 The notebook skeleton (``notebooks/NN_<name>.ipynb``), top to bottom
 -----------------------------------------------------------------------
@@ -56,8 +57,11 @@ The notebook skeleton (``notebooks/NN_<name>.ipynb``), top to bottom
 
    then **code** (``hide-input``) that draws and glues the figure::
 
-       fig, ax = plt.subplots()
-       plotting.ci_lineplot(part, x="m", hue="method", ax=ax)
+       fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+       plotting.ci_lineplot(part, x="m", hue="method", ax=axes[0])   # book-wide colours,
+       plotting.ci_barplot(other, x="dataset", hue="method", ax=axes[1])  # t-interval bars
+       fig.tight_layout()
+       plotting.figure_legend(fig)   # one legend listing every panel's entries
        page.glue_figure("fig-lsoftmax-margin", fig)
 
    and **markdown** that places it with a number, a caption and alt text::
