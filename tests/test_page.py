@@ -117,6 +117,7 @@ def glued(monkeypatch):
             record.dpi[name] = value.get_dpi()  # what its PNG is rendered at
 
     monkeypatch.setattr(myst_nb, "glue", glue)
+    monkeypatch.setattr(page, "_GLUED", {})  # a fresh notebook
     return record
 
 
@@ -132,6 +133,14 @@ def test_glue_helpers_store_text_without_quotes_and_never_display(glued):
     assert repr(glued.values["pct"]) == "82.3%" and repr(glued.values["n"]) == "12\u202f049"
     assert glued.values["gain"]._repr_markdown_() is None  # {glue} shows plain text
     assert glued.values["box"]._repr_markdown_() == "**bold**"
+
+
+def test_a_name_is_glued_once(glued):
+    page.glue_number("n", 5)
+    page.glue_number("n", 5)  # the same text again: skipped, no duplicate for myst-nb
+    assert list(glued.values) == ["n"]
+    with pytest.raises(ValueError, match="'n' is already glued"):
+        page.glue_number("n", 6)
 
 
 def test_glue_figure_closes_the_figure_at_150_dpi(glued):

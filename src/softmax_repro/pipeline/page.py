@@ -141,9 +141,24 @@ class GluedText:
         return self.text if self.markdown else None
 
 
+_GLUED: dict[str, str] = {}
+"""Names glued by this kernel (one notebook) and what they hold: myst-nb warns, and the strict
+build fails, when a name is glued twice."""
+
+
 def _glue(name: str, value: Any) -> None:
+    """Glue ``value`` under ``name`` once. Gluing a name again with the same text is skipped (a
+    loop that meets one health check from several tests); with a different value it is an error
+    naming the key, raised while the notebook runs instead of a warning at build time."""
     from myst_nb import glue
 
+    text = repr(value) if isinstance(value, GluedText) else f"<{type(value).__name__} {id(value)}>"
+    if name in _GLUED:
+        if _GLUED[name] == text:
+            return
+        raise ValueError(f"glue name {name!r} is already glued with {_GLUED[name]!r}; "
+                         f"now {text!r}: every glued name must be unique in a chapter")
+    _GLUED[name] = text
     with contextlib.redirect_stdout(io.StringIO()):  # outside a kernel display() prints
         glue(name, value, display=False)
 
