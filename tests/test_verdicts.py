@@ -296,6 +296,14 @@ def test_non_finite_values_in_rows_are_rejected(bad):
         claims.evaluate_claim(_claim([_test()]), rows)
 
 
+def test_a_bare_null_key_is_named_not_lost(tmp_path):
+    (tmp_path / "01_x.yaml").write_text(
+        "- {id: a, paper: x, chapter: c, claim: c, rule: r, tests: [{label: t, kind: mean,"
+        " metric: m, a: a, direction: less, threshold: 1, null: {value: 2, source: s}}]}\n")
+    with pytest.raises(ConfigError, match="write it quoted"):
+        claims.load_claims(tmp_path)
+
+
 def test_invalid_yaml_names_the_file(tmp_path):
     bad = tmp_path / "01_x.yaml"
     bad.write_text("- id: a\n  claim: [unclosed\n")

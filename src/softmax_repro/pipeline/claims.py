@@ -241,6 +241,9 @@ def _sourced(entry: Mapping[str, Any], field: str, raw: Any) -> Sourced | None:
 def _comparison_fields(entry: Mapping[str, Any], raw: Any, allowed: set[str], what: str) -> dict:
     if not isinstance(raw, Mapping):
         raise _fail(entry, f"each item of {what} must be a mapping, got {raw!r}")
+    if None in raw:
+        raise _fail(entry, f"{what} item {raw.get('label', '?')!r}: YAML reads a bare `null:` key "
+                           "as an empty key; write it quoted, \"null\": ...")
     unknown = set(raw) - allowed
     if unknown:
         raise _fail(entry, f"{what} item has unknown keys {sorted(unknown)}; allowed: "
