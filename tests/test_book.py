@@ -218,13 +218,15 @@ window.addEventListener('load', () => {
       const box = el.getBoundingClientRect();
       if (box.width === 0 || box.right <= limit) continue;
       if (el.closest('mjx-assistive-mml, a.headerlink')) continue;  // hidden until hovered
-      // fine inside a box that scrolls sideways; clipped inside one that hides the overflow,
-      // or when nothing contains it (MathJax's hidden MathML copy and heading links left out)
+      // past the article's edge: fine inside a box that scrolls sideways, or inside a box it
+      // fits in (that box is judged on its own); clipped by a box that hides the overflow, or
+      // when nothing holds it (MathJax's hidden MathML copy and heading links left out)
       let parent = el.parentElement, scrolls = false;
       while (parent && parent !== article) {  // the article's own scrolling does not count
-        const overflow = getComputedStyle(parent).overflowX;
-        if (overflow !== 'visible') {
-          scrolls = overflow === 'auto' || overflow === 'scroll';
+        const style = getComputedStyle(parent), overflow = style.overflowX;
+        if (overflow !== 'visible' && style.display !== 'inline') {  // inline boxes never clip
+          scrolls = overflow === 'auto' || overflow === 'scroll'
+            || box.right <= parent.getBoundingClientRect().right + 1;
           break;
         }
         parent = parent.parentElement;
