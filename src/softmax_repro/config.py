@@ -9,7 +9,7 @@ names the parameter and the allowed values.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 PROFILE_NAMES: tuple[str, ...] = ("smoke", "cpu", "paper")
@@ -172,3 +172,21 @@ def make_config(
         values["seeds"] = seeds
     values = {k: _freeze(v) for k, v in values.items()}
     return cls(profile=profile, device=device, **values)
+
+
+def config_factory(
+    cls: type[C], profiles: Mapping[str, Mapping[str, Any]]
+) -> Callable[..., C]:
+    """A chapter's ``make_config(profile="cpu", seeds=None, device="auto", overrides=None)``:
+    :func:`make_config` bound to the chapter's Config class and profiles."""
+
+    def make(
+        profile: str = "cpu",
+        seeds: Iterable[int] | None = None,
+        device: str = "auto",
+        overrides: Mapping[str, Any] | None = None,
+    ) -> C:
+        return make_config(cls, profiles, profile, seeds, device, overrides)
+
+    make.__doc__ = f"A validated :class:`{cls.__name__}` from a profile plus overrides."
+    return make

@@ -60,8 +60,8 @@ from softmax_repro.config import (
     check_int,
     check_positive,
     check_subset,
+    config_factory,
 )
-from softmax_repro.config import make_config as _make_config
 from softmax_repro.data import hub, longtail
 from softmax_repro.data.digits import load_digits_split
 from softmax_repro.data.fashion_mnist import load_fashion_mnist
@@ -252,10 +252,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(profile: str = "cpu", seeds: Any = None, device: str = "auto",
-                overrides: dict[str, Any] | None = None) -> Config:
-    """A validated :class:`Config` from a profile plus overrides."""
-    return _make_config(Config, PROFILES, profile, seeds, device, overrides)
+make_config = config_factory(Config, PROFILES)
 
 
 # ---------------------------------------------------------------------------------------------

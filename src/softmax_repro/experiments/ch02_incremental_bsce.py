@@ -30,8 +30,8 @@ from softmax_repro.config import (
     check_int,
     check_positive,
     check_subset,
+    config_factory,
 )
-from softmax_repro.config import make_config as _make_config
 from softmax_repro.data.digits import load_digits_split
 from softmax_repro.data.hub import load_hub_images
 from softmax_repro.data.mnist1d import Split, load_mnist1d
@@ -167,10 +167,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(profile: str = "cpu", seeds: Any = None, device: str = "auto",
-                overrides: dict[str, Any] | None = None) -> Config:
-    """A validated :class:`Config` from a profile plus overrides."""
-    return _make_config(Config, PROFILES, profile, seeds, device, overrides)
+make_config = config_factory(Config, PROFILES)
 
 
 def _standardize_channels(split: Split) -> Split:

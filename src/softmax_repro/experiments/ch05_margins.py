@@ -60,9 +60,7 @@ from softmax_repro.config import (
     check_int,
     check_positive,
     check_subset,
-)
-from softmax_repro.config import (
-    make_config as _make_config,
+    config_factory,
 )
 from softmax_repro.data import hub
 from softmax_repro.data.fashion_mnist import load_fashion_mnist
@@ -218,14 +216,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(
-    profile: str = "cpu",
-    seeds: Any = None,
-    device: str = "auto",
-    overrides: dict[str, Any] | None = None,
-) -> Config:
-    """A validated :class:`Config` from a profile plus overrides."""
-    return _make_config(Config, PROFILES, profile, seeds, device, overrides)
+make_config = config_factory(Config, PROFILES)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,8 +58,8 @@ from softmax_repro.config import (
     check_int,
     check_positive,
     check_subset,
+    config_factory,
 )
-from softmax_repro.config import make_config as _make_config
 from softmax_repro.data import hub
 from softmax_repro.data.fashion_mnist import load_fashion_mnist
 from softmax_repro.data.hub_localisation import local_split_files
@@ -219,14 +219,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(
-    profile: str = "cpu",
-    seeds: Any = None,
-    device: str = "auto",
-    overrides: dict[str, Any] | None = None,
-) -> Config:
-    """A validated :class:`Config` from a profile plus overrides."""
-    return _make_config(Config, PROFILES, profile, seeds, device, overrides)
+make_config = config_factory(Config, PROFILES)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,9 +49,7 @@ from softmax_repro.config import (
     check_in_range,
     check_int,
     check_positive,
-)
-from softmax_repro.config import (
-    make_config as _make_config,
+    config_factory,
 )
 from softmax_repro.data import context_words, text
 from softmax_repro.data.multilabel import planted_multilabel
@@ -245,10 +243,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(profile: str = "cpu", seeds: Any = None, device: str = "auto",
-                overrides: dict[str, Any] | None = None) -> Config:
-    """A validated :class:`Config` from a profile plus overrides."""
-    return _make_config(Config, PROFILES, profile, seeds, device, overrides)
+make_config = config_factory(Config, PROFILES)
 
 
 # ---- part 1: negative sampling -------------------------------------------------------------
