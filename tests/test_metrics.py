@@ -45,4 +45,3 @@ def test_summarize_per_group():
     assert (
         table.loc["a", "mean"] == 2 and table.loc["b", "ci_low"] == 5 and table.loc["a", "n"] == 3
     )
-    assert metrics.format_ci(0.5, 0.4, 0.6, scale=100) == "50.0 ± 10.0"

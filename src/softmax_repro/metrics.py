@@ -115,10 +115,3 @@ def summarize(rows: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd
             }
         )
     return pd.DataFrame.from_records(records)
-
-
-def format_ci(mean: float, low: float, high: float, scale: float = 1.0, digits: int = 1) -> str:
-    """``"mean ± half-width"`` with the values multiplied by ``scale`` (e.g. 100 for %)."""
-    if np.isnan(low):
-        return f"{mean * scale:.{digits}f}"
-    return f"{mean * scale:.{digits}f} ± {(high - low) / 2 * scale:.{digits}f}"

@@ -235,22 +235,6 @@ RUN_KEYS = ["dataset", "increments", "order", "seed"]
 """Columns that identify a paired comparison (same data, stream and initialisation)."""
 
 
-def summary_table(rows: pd.DataFrame, metrics_: tuple[str, ...] = ("avg_inc_acc", "final_acc",
-                                                                   "forgetting")) -> pd.DataFrame:
-    """Mean ± 95% CI (in %) of per-run metrics, one row per dataset, increments and method."""
-    per_run = rows[rows["metric"].isin(metrics_)]
-    table = metrics.summarize(per_run, ["dataset", "increments", "method", "metric"])
-    table["value"] = [metrics.format_ci(m, lo, hi, scale=100)
-                      for m, lo, hi in zip(table["mean"], table["ci_low"], table["ci_high"],
-                                           strict=True)]
-    wide = table.pivot(index=["dataset", "increments", "method"], columns="metric",
-                       values="value")[list(metrics_)].reset_index()
-    order = {m: i for i, m in enumerate(dict.fromkeys(rows["method"]))}
-    return wide.sort_values(["dataset", "increments", "method"],
-                            key=lambda c: c.map(order) if c.name == "method" else c,
-                            ignore_index=True)
-
-
 def paired_differences(rows: pd.DataFrame, pairs: list[tuple[str, str]],
                        metric: str = "avg_inc_acc") -> pd.DataFrame:
     """Per dataset and pair ``(a, b)``: mean and 95% CI of ``a − b`` in ``metric``, paired by run.

@@ -54,6 +54,7 @@ import yaml
 from softmax_repro.config import ConfigError
 from softmax_repro.metrics import mean_ci, minimum_detectable_effect, seeds_needed
 from softmax_repro.pipeline.paths import CLAIMS_DIR
+from softmax_repro.pipeline.tables import format_number
 
 TEST_KINDS = ("paired_difference", "mean")
 DIRECTIONS = ("greater", "less")
@@ -110,7 +111,9 @@ class NullSpec:
             return "not declared"
         if self.kind == "method":
             return f"rows of {self.method}" + (f" ({self.source})" if self.source else "")
-        return f"constant {self.value:g}" + (f" ({self.source})" if self.source else "")
+        return f"constant {format_number(self.value)}" + (
+            f" ({self.source})" if self.source else ""
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,7 +448,7 @@ def test_description(test: Comparison) -> str:
     is built."""
     sign = ">" if test.direction == "greater" else "<"
     what = f"{test.a} − {test.b}" if test.kind == "paired_difference" else test.a
-    return f"{what} {test.metric} {sign} {test.threshold:g}"
+    return f"{what} {test.metric} {sign} {format_number(test.threshold)}"
 
 
 test_description.__test__ = False  # not a pytest test, although its name starts with "test"
