@@ -274,7 +274,8 @@ def test_report_pages(tmp_path):
          "not_attempted": "no GPU"}], allow_unicode=True))
     report.write_report("smoke", tmp_path / "results", tmp_path / "book", claims_file)
     ledger = (tmp_path / "book" / "ledger.md").read_text()
-    assert "| **reproduced** | {doc}`chapters/01_balanced_softmax` |" in ledger
+    assert ("| {ref}`ren2020-toy <ledger-ren2020-toy>` | **reproduced** | 1 passed | "
+            "{ref}`chapter 01 <claim-ren2020-toy>` |") in ledger
     assert "**not attempted**" in ledger
     status = (tmp_path / "book" / "status.md").read_text()
-    assert "| 12 | data 1, train+evaluate 1 | 10 |" in status
+    assert "| 12 s | 2 s | data 1 s, train+evaluate 1 s | 1 reproduced |" in status
