@@ -331,14 +331,18 @@ def test_chapter_follows_the_page_skeleton(notebook):
 
 
 def _committed_methods() -> dict[str, list[str]]:
-    out = {}
+    """Methods per chapter and part (``part`` column where a chapter has several experiments:
+    no figure mixes parts, so colours must differ within a part)."""
+    out: dict[str, set[str]] = {}
     for path in sorted((ROOT / "results" / "cpu").glob("*.json")):
-        rows = json.loads(path.read_text())["rows"]
-        out[path.stem] = sorted({r["method"] for r in rows if r.get("method")})
-    return out
+        for r in json.loads(path.read_text())["rows"]:
+            if r.get("method"):
+                key = f"{path.stem} / {r['part']}" if r.get("part") else path.stem
+                out.setdefault(key, set()).add(r["method"])
+    return {key: sorted(methods) for key, methods in out.items()}
 
 
-def test_every_committed_method_has_a_book_wide_colour_distinct_within_its_chapter():
+def test_every_committed_method_has_a_book_wide_colour_distinct_within_its_part():
     for chapter, methods in _committed_methods().items():
         missing = [m for m in methods if m not in plotting.METHOD_COLORS]
         assert not missing, f"{chapter}: add {missing} to plotting.METHOD_COLORS"
