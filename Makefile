@@ -10,8 +10,8 @@ NAME ?=
 # Processes per chapter: NPROC > 1 launches every rank through torchrun (one per GPU, DDP).
 NPROC ?= 1
 # Chapters executed at once by `make book`: every chapter trains on one torch thread, so 2 jobs
-# fill the reference machine's 2 cores (measured: the cpu book in 13.3 min; its chapters'
-# runtimes add up to 19.6 min).
+# fill the reference machine's 2 cores (measured 2026-11-29: the cpu book in 22 min; its
+# chapters' runtimes add up to 40 min).
 JOBS ?= 2
 TORCHRUN_ARGS ?= --standalone
 RUN := $(PY) -m softmax_repro.pipeline.runner
